@@ -1,0 +1,135 @@
+"""Typed messages: the in-process form of every Avro record on the wire.
+
+Each class names its Avro schema. Fields listed in ``json_fields`` hold arbitrary JSON
+(workflow inputs, handler outputs) and travel as ``<field>_json`` strings, because
+Avro has no "any JSON" type; the codec converts them at its boundary and nowhere else.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_name: ClassVar[str]
+    json_fields: ClassVar[tuple[str, ...]] = ()
+
+
+class WorkflowSubmitted(Message):
+    schema_name: ClassVar[str] = "io.fleet.WorkflowSubmitted"
+    json_fields: ClassVar[tuple[str, ...]] = ("spec",)
+
+    workflow_id: str
+    spec: JsonValue
+    submitted_at_ms: int
+    submitted_by: str | None = None
+
+
+class TaskAssigned(Message):
+    schema_name: ClassVar[str] = "io.fleet.TaskAssigned"
+    json_fields: ClassVar[tuple[str, ...]] = ("input",)
+
+    task_id: str
+    workflow_id: str
+    step_id: str
+    capability: str
+    attempt: int
+    index: int | None = None
+    input: JsonValue
+    deadline_ms: int | None = None
+    dispatched_at_ms: int
+
+
+class TaskStatus(str, Enum):
+    UNKNOWN = "UNKNOWN"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class TaskError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    message: str
+    retryable: bool
+
+
+class TaskResult(Message):
+    schema_name: ClassVar[str] = "io.fleet.TaskResult"
+    json_fields: ClassVar[tuple[str, ...]] = ("output",)
+
+    task_id: str
+    workflow_id: str
+    step_id: str
+    capability: str
+    attempt: int
+    index: int | None = None
+    status: TaskStatus
+    output: JsonValue = None
+    error: TaskError | None = None
+    duration_ms: int
+    worker_id: str
+    finished_at_ms: int
+
+
+class EventKind(str, Enum):
+    UNKNOWN = "UNKNOWN"
+    ACCEPTED = "ACCEPTED"
+    STEP_COMPLETED = "STEP_COMPLETED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (EventKind.COMPLETED, EventKind.FAILED, EventKind.REJECTED)
+
+
+class WorkflowError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    message: str
+    step_id: str | None = None
+    attempt: int | None = None
+
+
+class WorkflowEvent(Message):
+    schema_name: ClassVar[str] = "io.fleet.WorkflowEvent"
+    json_fields: ClassVar[tuple[str, ...]] = ("output",)
+
+    workflow_id: str
+    kind: EventKind
+    workflow_name: str | None = None
+    step_id: str | None = None
+    output: JsonValue = None
+    error: WorkflowError | None = None
+    submitted_at_ms: int | None = None
+    at_ms: int
+
+
+class Header(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    value: bytes | None = None
+
+
+class DeadLetter(Message):
+    schema_name: ClassVar[str] = "io.fleet.DeadLetter"
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[Header] = []
+    error_type: str
+    error_message: str
+    consumer: str
+    at_ms: int
