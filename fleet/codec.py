@@ -108,7 +108,8 @@ def to_avro(message: Message) -> dict[str, Any]:
     record = message.model_dump(mode="python")
     for field in message.json_fields:
         value = record.pop(field)
-        record[f"{field}_json"] = None if value is None else json.dumps(value)
+        # Always JSON text, even for JSON null: "null" and a missing value decode the same.
+        record[f"{field}_json"] = json.dumps(value)
     return _enums_to_symbols(record)
 
 
@@ -190,3 +191,29 @@ class Codec:
                 record=record,
             )
         raise DecodeError(f"not Avro: unknown framing starting {data[:2].hex()}", record=record)
+
+
+def compatibility_problems(old: SchemaVersion, new: SchemaVersion, samples: int = 50) -> list[str]:
+    """Why records cannot travel between two versions of a schema, in either direction.
+
+    Backward: the new reader reads what the old writer wrote. Forward: the old reader
+    reads what the new writer writes. Checked on generated records, through fastavro's
+    schema resolution (the same path the codec takes).
+    """
+    from fastavro.utils import generate_many
+
+    problems = []
+    for writer, reader, direction in ((old, new, "backward"), (new, old, "forward")):
+        for record in generate_many(writer.parsed, samples):
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, writer.parsed, record)
+            buf.seek(0)
+            try:
+                fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)
+            except Exception as exc:  # noqa: BLE001 - any resolution failure is the answer
+                problems.append(
+                    f"{direction}: v{reader.version} cannot read v{writer.version}: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                break
+    return problems

@@ -1,0 +1,135 @@
+"""The user's side of the product: submit workflows and follow their events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import JsonValue
+
+from fleet.codec import Codec, SchemaStore
+from fleet.errors import BrokerError, DecodeError
+from fleet.kafka import KafkaClients, headers_for, produce, resolve_bootstrap, wait_for_broker
+from fleet.messages import WorkflowEvent, WorkflowSubmitted
+from fleet.settings import Settings
+from fleet.topology import Topics
+from fleet.tracing import new_traceparent
+
+
+def new_workflow_id() -> str:
+    return f"wf-{uuid.uuid4().hex}"
+
+
+class FleetClient:
+    def __init__(self, settings: Settings, role: str = "client") -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.codec = Codec(SchemaStore(settings.schemas_dir))
+        self.clients = KafkaClients(settings, resolve_bootstrap(settings), role=role)
+        self.admin = self.clients.admin()
+        wait_for_broker(self.admin, timeout_s=15)
+        self._producer = self.clients.producer()
+
+    def has_capability(self, capability: str) -> bool:
+        name = self.topics.tasks(capability)
+        topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
+        return topic is not None and topic.error is None
+
+    def submit(self, spec: JsonValue, workflow_id: str | None = None, *, flush: bool = True) -> str:
+        """Produce one WorkflowSubmitted; the spec is validated by the caller (or rejected later)."""
+        workflow_id = workflow_id or new_workflow_id()
+        request = WorkflowSubmitted(
+            workflow_id=workflow_id,
+            spec=spec,
+            submitted_at_ms=int(time.time() * 1000),
+            submitted_by=self.clients.role,
+        )
+        errors: list[str] = []
+        produce(
+            self._producer,
+            self.topics.requests,
+            self.codec.encode(request),
+            key=workflow_id,
+            headers=headers_for(request, new_traceparent()),
+            on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+        )
+        if flush:
+            self.flush()
+        if errors:
+            raise BrokerError(f"workflow {workflow_id} was not accepted by Kafka: {errors[0]}")
+        return workflow_id
+
+    def flush(self, timeout_s: float = 30) -> None:
+        if self._producer.flush(timeout_s):
+            raise BrokerError(f"workflow requests not delivered within {timeout_s:.0f} s")
+
+    def event_consumer(self, from_beginning: bool) -> Consumer:
+        """A group-less reader of every partition of the events topic.
+
+        Starting offsets are read explicitly (not OFFSET_END, which librdkafka resolves
+        lazily) so nothing produced after this call returns can be missed.
+        """
+        consumer = self.clients.consumer(f"fleet-reader-{uuid.uuid4().hex}")
+        name = self.topics.events
+        try:
+            partitions = self.admin.list_topics(topic=name, timeout=10).topics[name].partitions
+            assignment = []
+            for p in sorted(partitions):
+                start = OFFSET_BEGINNING
+                if not from_beginning:
+                    _low, start = consumer.get_watermark_offsets(
+                        TopicPartition(name, p), timeout=10, cached=False
+                    )
+                assignment.append(TopicPartition(name, p, start))
+        except (KafkaException, KeyError) as exc:
+            consumer.close()
+            raise BrokerError(f"cannot read {name}: {exc}; run `fleet topics apply`") from exc
+        consumer.assign(assignment)
+        return consumer
+
+    def events(
+        self,
+        consumer: Consumer,
+        *,
+        until: Callable[[WorkflowEvent], bool] = lambda _e: False,
+        timeout_s: float | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> Iterator[WorkflowEvent]:
+        """Yield decoded events until ``until`` says stop or the timeout passes."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            records = consumer.consume(500, timeout=0.2)
+            if not records and on_idle is not None:
+                on_idle()
+            for record in records:
+                error = record.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise BrokerError(f"reading events failed: {error}")
+                    continue
+                try:
+                    event = self.codec.decode(record.value(), WorkflowEvent, record=record)
+                except DecodeError:
+                    continue  # not ours to dead-letter: readers of events only skip
+                yield event
+                if until(event):
+                    return
+
+    def wait(
+        self, consumer: Consumer, workflow_ids: Iterable[str], timeout_s: float
+    ) -> dict[str, WorkflowEvent]:
+        """Terminal events of the given workflows (those that ended within the timeout)."""
+        pending = set(workflow_ids)
+        outcomes: dict[str, WorkflowEvent] = {}
+        for event in self.events(
+            consumer, until=lambda _e: not pending, timeout_s=timeout_s
+        ):
+            if event.kind.terminal and event.workflow_id in pending:
+                pending.discard(event.workflow_id)
+                outcomes[event.workflow_id] = event
+        return outcomes
+
+    def close(self) -> None:
+        self._producer.flush(10)

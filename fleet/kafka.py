@@ -1,0 +1,181 @@
+"""Kafka client factory and the small pieces of plumbing every process shares.
+
+librdkafka dicts stop here: the rest of the code asks for a producer, a consumer or an
+admin client by purpose and gets one configured for it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from tenacity import (
+    RetryError,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from fleet.codec import CONTENT_TYPE
+from fleet.errors import BrokerError, ConfigError
+from fleet.localkafka import LocalKafka
+from fleet.messages import Message as FleetMessage
+from fleet.settings import Settings
+
+log = structlog.get_logger()
+
+Headers = list[tuple[str, bytes]]
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+TRACEPARENT = "traceparent"
+ATTEMPT = "fleet-attempt"
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else the running local broker, else a clear error."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    status = LocalKafka(settings).status()
+    if status is not None:
+        return status.bootstrap
+    raise ConfigError(
+        "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, or start the local one with "
+        "`fleet kafka start`"
+    )
+
+
+def client_id(role: str) -> str:
+    return f"fleet-{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+class KafkaClients:
+    """Builds clients for one bootstrap address with the product's defaults."""
+
+    def __init__(self, settings: Settings, bootstrap: str, role: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.role = role
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": client_id(self.role),
+            "socket.nagle.disable": True,
+            "error_cb": _log_client_error,
+            **self.settings.client_config,
+        }
+
+    def producer(self, **overrides: Any) -> Producer:
+        config = {
+            **self._base(),
+            # Idempotence: librdkafka's own retries never duplicate or reorder a record.
+            "enable.idempotence": True,
+            "acks": "all",
+            # A few ms of batching: linger 0 floods the broker with tiny requests under load.
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            **overrides,
+        }
+        return Producer(config)
+
+    def consumer(self, group_id: str, **overrides: Any) -> Consumer:
+        config = {
+            **self._base(),
+            "group.id": group_id,
+            # Offsets are committed by the code, only after the effect of a record is durable.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Only ever see committed transactional output (orchestrator writes in transactions).
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            **overrides,
+        }
+        return Consumer(config)
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self._base())
+
+
+def _log_client_error(err: KafkaError) -> None:
+    if err.fatal():
+        log.error("kafka client fatal error; the process must restart", error=str(err))
+    else:
+        # librdkafka retries transient errors itself; this says what it is doing.
+        log.warning("kafka client error; librdkafka retries", error=str(err))
+
+
+def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request, retrying with backoff."""
+
+    @retry(
+        retry=retry_if_exception_type(KafkaException),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        stop=stop_after_delay(timeout_s),
+        before_sleep=lambda state: log.warning(
+            "broker not answering yet; retrying", attempt=state.attempt_number
+        ),
+    )
+    def _probe() -> None:
+        admin.list_topics(timeout=min(5.0, timeout_s))
+
+    try:
+        _probe()
+    except RetryError as exc:
+        raise BrokerError(
+            f"Kafka at {admin} did not answer within {timeout_s:.0f} s: "
+            f"{exc.last_attempt.exception()}; check KAFKA_BOOTSTRAP_SERVERS or `fleet kafka status`"
+        ) from exc
+
+
+def headers_for(message: FleetMessage, traceparent: str | None, attempt: int | None = None) -> Headers:
+    headers: Headers = [("content-type", f"{CONTENT_TYPE}; schema={message.schema_name}".encode())]
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
+    if attempt is not None:
+        headers.append((ATTEMPT, str(attempt).encode()))
+    return headers
+
+
+def header(record: Message, name: str) -> str | None:
+    for key, value in record.headers() or ():
+        if key == name and value is not None:
+            return bytes(value).decode(errors="replace")
+    return None
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    *,
+    key: str | bytes | None,
+    headers: Sequence[tuple[str, bytes]] = (),
+    on_delivery: DeliveryCallback | None = None,
+    attempts: int = 50,
+) -> None:
+    """Enqueue one record; when the local queue is full, serve callbacks and try again."""
+
+    @retry(
+        retry=retry_if_exception_type(BufferError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.01, max=0.5),
+        before_sleep=lambda _: producer.poll(0.1),
+        reraise=True,
+    )
+    def _produce() -> None:
+        producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
+
+    try:
+        _produce()
+    except BufferError as exc:
+        raise BrokerError(
+            f"producer queue to {topic} stayed full after {attempts} tries; is the broker down?"
+        ) from exc

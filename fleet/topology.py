@@ -1,0 +1,178 @@
+"""The topology in ``topics.yaml``: load it, name topics, create what is missing, report drift."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet.errors import BrokerError, ConfigError
+
+CAPABILITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+REQUESTS, RESULTS, EVENTS, DEAD_LETTERS = (
+    "workflow.requests",
+    "task.results",
+    "workflow.events",
+    "dead.letters",
+)
+TASKS_PREFIX = "tasks."
+
+
+class TopicSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    partitions: int = Field(ge=1)
+    config: dict[str, str] = {}
+
+
+class Topology(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replication_factor: int = Field(ge=1)
+    topics: dict[str, TopicSpec]
+    co_partitioned: list[str] = []
+    task_topics: TopicSpec
+    capabilities: list[str] = []
+
+    @classmethod
+    def load(cls, path: Path) -> Topology:
+        try:
+            raw = yaml.safe_load(path.read_text())
+            topology = cls.model_validate(raw)
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            raise ConfigError(f"topology file {path} is invalid: {exc}") from exc
+        missing = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS} - topology.topics.keys()
+        if missing:
+            raise ConfigError(f"topology file {path} lacks topics: {sorted(missing)}")
+        counts = {topology.topics[t].partitions for t in topology.co_partitioned}
+        if len(counts) > 1:
+            raise ConfigError(
+                f"topology file {path}: co-partitioned topics {topology.co_partitioned} "
+                f"must have equal partition counts, found {sorted(counts)}"
+            )
+        for cap in topology.capabilities:
+            check_capability(cap)
+        return topology
+
+
+def check_capability(name: str) -> str:
+    if not CAPABILITY_RE.match(name):
+        raise ConfigError(
+            f"capability {name!r} is not a valid name: letters, digits, '.', '_', '-', "
+            "starting with a letter or digit, at most 200 characters"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Full topic names for one prefix. The only place that builds topic names."""
+
+    prefix: str
+
+    @property
+    def requests(self) -> str:
+        return self.prefix + REQUESTS
+
+    @property
+    def results(self) -> str:
+        return self.prefix + RESULTS
+
+    @property
+    def events(self) -> str:
+        return self.prefix + EVENTS
+
+    @property
+    def dead_letters(self) -> str:
+        return self.prefix + DEAD_LETTERS
+
+    def tasks(self, capability: str) -> str:
+        return self.prefix + TASKS_PREFIX + check_capability(capability)
+
+    def capability_of(self, topic: str) -> str | None:
+        head = self.prefix + TASKS_PREFIX
+        return topic[len(head) :] if topic.startswith(head) else None
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    topic: str
+    status: Literal["created", "ok", "drift"]
+    detail: str = ""
+
+
+def desired_topics(topology: Topology, topics: Topics, capabilities: list[str]) -> dict[str, TopicSpec]:
+    wanted = {topics.prefix + name: spec for name, spec in topology.topics.items()}
+    for cap in capabilities:
+        wanted[topics.tasks(cap)] = topology.task_topics
+    return wanted
+
+
+def apply_topics(
+    admin: AdminClient,
+    topology: Topology,
+    wanted: dict[str, TopicSpec],
+    timeout_s: float = 30.0,
+) -> list[TopicReport]:
+    """Create missing topics; compare existing ones with the topology and report drift."""
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list topics: {exc}") from exc
+    reports: list[TopicReport] = []
+    to_create = [
+        NewTopic(
+            name,
+            num_partitions=spec.partitions,
+            replication_factor=topology.replication_factor,
+            config=dict(spec.config),
+        )
+        for name, spec in wanted.items()
+        if name not in existing
+    ]
+    if to_create:
+        for name, future in admin.create_topics(to_create, operation_timeout=timeout_s).items():
+            try:
+                future.result()
+                reports.append(TopicReport(name, "created"))
+            except KafkaException as exc:
+                # Another process created it between our list and create: that is fine.
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+                reports.append(TopicReport(name, "ok", "created concurrently"))
+    present = [name for name in wanted if name in existing]
+    reports.extend(_drift(admin, existing, {n: wanted[n] for n in present}, timeout_s))
+    return sorted(reports, key=lambda r: r.topic)
+
+
+def _drift(
+    admin: AdminClient, existing: dict[str, object], wanted: dict[str, TopicSpec], timeout_s: float
+) -> list[TopicReport]:
+    if not wanted:
+        return []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
+    configs = admin.describe_configs(resources, request_timeout=timeout_s)
+    reports = []
+    for resource, future in configs.items():
+        name = resource.name
+        spec = wanted[name]
+        problems = []
+        partitions = len(existing[name].partitions)  # type: ignore[attr-defined]
+        if partitions != spec.partitions:
+            problems.append(f"partitions {partitions} (topics.yaml says {spec.partitions})")
+        actual = future.result(timeout=timeout_s)
+        for key, value in spec.config.items():
+            got = actual[key].value if key in actual else None
+            if got != value:
+                problems.append(f"{key}={got} (topics.yaml says {value})")
+        reports.append(
+            TopicReport(name, "drift", "; ".join(problems)) if problems else TopicReport(name, "ok")
+        )
+    return reports
