@@ -9,9 +9,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fleet.client import FleetClient
+from fleet.demo import run_demo
 from fleet.errors import FleetError, SpecError
+from fleet.kafka import KafkaClients, resolve_bootstrap, wait_for_broker
+from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
 from fleet.settings import Settings
+from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from orchestrator.service import run as run_orchestrator
+from orchestrator.spec import load_spec_file, parse_spec
+from workers.app import load_app
+from workers.runtime import run as run_worker
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -88,15 +97,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR
     if command == "tail":
         return _tail(args, settings)
     if command == "orchestrator":
-        from orchestrator.service import run as run_orchestrator
-
         return run_orchestrator(
             settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host
         )
     if command == "worker":
-        from workers.app import load_app
-        from workers.runtime import run as run_worker
-
         return run_worker(
             settings,
             load_app(args.app),
@@ -106,15 +110,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR
             grace_s=args.grace,
         )
     if command == "demo":
-        from fleet.demo import run_demo
-
         return run_demo(settings, workflows=args.workflows, keep_broker=args.keep_broker)
     raise AssertionError(f"unhandled command {command}")
 
 
 def _kafka(action: str, settings: Settings) -> int:
-    from fleet.localkafka import LocalKafka
-
     local = LocalKafka(settings)
     if action == "start":
         print(local.start())
@@ -131,9 +131,6 @@ def _kafka(action: str, settings: Settings) -> int:
 
 
 def _topics_apply(settings: Settings, extra: list[str]) -> int:
-    from fleet.kafka import KafkaClients, resolve_bootstrap, wait_for_broker
-    from fleet.topology import Topics, Topology, apply_topics, desired_topics
-
     topology = Topology.load(settings.topology_file)
     admin = KafkaClients(settings, resolve_bootstrap(settings), role="admin").admin()
     wait_for_broker(admin, timeout_s=15)
@@ -143,15 +140,14 @@ def _topics_apply(settings: Settings, extra: list[str]) -> int:
         print(f"{report.status:8} {report.topic}" + (f"  {report.detail}" if report.detail else ""))
     drift = [r for r in reports if r.status == "drift"]
     if drift:
-        print(f"fleet: {len(drift)} topic(s) differ from topics.yaml (not changed)", file=sys.stderr)
+        print(
+            f"fleet: {len(drift)} topic(s) differ from topics.yaml (not changed)", file=sys.stderr
+        )
         return EXIT_FAILED
     return EXIT_OK
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    from fleet.client import FleetClient
-    from orchestrator.spec import load_spec_file, parse_spec
-
     doc = load_spec_file(args.file)
     if args.input is not None:
         if not isinstance(doc, dict):
@@ -178,14 +174,13 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    from fleet.client import FleetClient
-
     client = FleetClient(settings, role="tail")
     consumer = client.event_consumer(from_beginning=args.from_beginning)
     wanted: str | None = args.workflow
     try:
         for event in client.events(
-            consumer, until=lambda e: wanted is not None and e.kind.terminal and e.workflow_id == wanted
+            consumer,
+            until=lambda e: wanted is not None and e.kind.terminal and e.workflow_id == wanted,
         ):
             if wanted is not None and event.workflow_id != wanted:
                 continue
@@ -193,7 +188,9 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
                 print(event.model_dump_json(), flush=True)
             else:
                 detail = event.step_id or (event.error.message if event.error else "")
-                print(f"{event.at_ms} {event.workflow_id} {event.kind.value:14} {detail}", flush=True)
+                print(
+                    f"{event.at_ms} {event.workflow_id} {event.kind.value:14} {detail}", flush=True
+                )
     finally:
         consumer.close()
     return EXIT_OK

@@ -38,7 +38,7 @@ class FleetClient:
         return topic is not None and topic.error is None
 
     def submit(self, spec: JsonValue, workflow_id: str | None = None, *, flush: bool = True) -> str:
-        """Produce one WorkflowSubmitted; the spec is validated by the caller (or rejected later)."""
+        """Produce one WorkflowSubmitted; the caller validates the spec (or it is rejected)."""
         workflow_id = workflow_id or new_workflow_id()
         request = WorkflowSubmitted(
             workflow_id=workflow_id,
@@ -123,9 +123,7 @@ class FleetClient:
         """Terminal events of the given workflows (those that ended within the timeout)."""
         pending = set(workflow_ids)
         outcomes: dict[str, WorkflowEvent] = {}
-        for event in self.events(
-            consumer, until=lambda _e: not pending, timeout_s=timeout_s
-        ):
+        for event in self.events(consumer, until=lambda _e: not pending, timeout_s=timeout_s):
             if event.kind.terminal and event.workflow_id in pending:
                 pending.discard(event.workflow_id)
                 outcomes[event.workflow_id] = event

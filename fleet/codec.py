@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import fastavro
 from fastavro.schema import parse_schema, to_parsing_canonical_form
+from fastavro.utils import generate_many
 from pydantic import ValidationError
 
 from fleet.errors import DecodeError, SchemaError
@@ -68,6 +69,8 @@ def load_schema(path: Path) -> SchemaVersion:
         parsed = parse_schema(raw)
     except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"{path}: not a valid Avro schema: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(parsed, dict):
+        raise SchemaError(f"{path}: a message schema must be a record")
     canonical = to_parsing_canonical_form(parsed).encode()
     return SchemaVersion(
         name=parsed["name"],
@@ -110,7 +113,8 @@ def to_avro(message: Message) -> dict[str, Any]:
         value = record.pop(field)
         # Always JSON text, even for JSON null: "null" and a missing value decode the same.
         record[f"{field}_json"] = json.dumps(value)
-    return _enums_to_symbols(record)
+    symbols: dict[str, Any] = _enums_to_symbols(record)
+    return symbols
 
 
 def _enums_to_symbols(value: Any) -> Any:
@@ -156,7 +160,7 @@ class Codec:
         body = io.BytesIO(data[10:])
         try:
             avro = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
-        except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bad bytes
+        except Exception as exc:
             raise DecodeError(
                 f"Avro body does not match {writer.name} v{writer.version}: "
                 f"{type(exc).__name__}: {exc}",
@@ -166,6 +170,8 @@ class Codec:
             raise DecodeError(
                 f"{len(data) - 10 - body.tell()} trailing bytes after {writer.name}", record=record
             )
+        if not isinstance(avro, dict):
+            raise DecodeError(f"{writer.name} is not a record schema", record=record)
         try:
             return from_avro(cls, avro)
         except (ValidationError, ValueError) as exc:
@@ -200,8 +206,6 @@ def compatibility_problems(old: SchemaVersion, new: SchemaVersion, samples: int 
     reads what the new writer writes. Checked on generated records, through fastavro's
     schema resolution (the same path the codec takes).
     """
-    from fastavro.utils import generate_many
-
     problems = []
     for writer, reader, direction in ((old, new, "backward"), (new, old, "forward")):
         for record in generate_many(writer.parsed, samples):

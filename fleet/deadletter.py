@@ -8,7 +8,7 @@ import structlog
 from confluent_kafka import Message, Producer
 
 from fleet.codec import Codec
-from fleet.kafka import DeliveryCallback, headers_for, produce
+from fleet.kafka import DeliveryCallback, headers_for, produce, record_headers
 from fleet.messages import DeadLetter, Header
 from fleet.topology import Topics
 
@@ -42,10 +42,7 @@ class DeadLetters:
             source_offset=record.offset() or 0,
             key=record.key(),
             value=record.value(),
-            headers=[
-                Header(key=k, value=None if v is None else bytes(v))
-                for k, v in (record.headers() or ())
-            ],
+            headers=[Header(key=k, value=v) for k, v in record_headers(record)],
             error_type=type(error).__name__,
             error_message=str(error),
             consumer=self.consumer,

@@ -135,7 +135,9 @@ def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0) -> None:
         ) from exc
 
 
-def headers_for(message: FleetMessage, traceparent: str | None, attempt: int | None = None) -> Headers:
+def headers_for(
+    message: FleetMessage, traceparent: str | None, attempt: int | None = None
+) -> Headers:
     headers: Headers = [("content-type", f"{CONTENT_TYPE}; schema={message.schema_name}".encode())]
     if traceparent:
         headers.append((TRACEPARENT, traceparent.encode()))
@@ -144,11 +146,22 @@ def headers_for(message: FleetMessage, traceparent: str | None, attempt: int | N
     return headers
 
 
+def record_headers(record: Message) -> list[tuple[str, bytes | None]]:
+    """A consumed record's headers as (name, bytes) pairs, whatever form the client gives."""
+    raw = record.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+
+
 def header(record: Message, name: str) -> str | None:
-    for key, value in record.headers() or ():
+    for key, value in record_headers(record):
         if key == name and value is not None:
-            return bytes(value).decode(errors="replace")
+            return value.decode(errors="replace")
     return None
+
+
+def _serve_callbacks(producer: Producer) -> None:
+    producer.poll(0.1)
 
 
 def produce(
@@ -167,11 +180,13 @@ def produce(
         retry=retry_if_exception_type(BufferError),
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=0.01, max=0.5),
-        before_sleep=lambda _: producer.poll(0.1),
+        before_sleep=lambda _: _serve_callbacks(producer),
         reraise=True,
     )
     def _produce() -> None:
-        producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
+        producer.produce(
+            topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+        )
 
     try:
         _produce()

@@ -13,9 +13,7 @@ from fleet.settings import Settings
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
-    as_json = settings.log_format == "json" or (
-        settings.log_format == "auto" and not out.isatty()
-    )
+    as_json = settings.log_format == "json" or (settings.log_format == "auto" and not out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )

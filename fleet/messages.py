@@ -7,7 +7,7 @@ Avro has no "any JSON" type; the codec converts them at its boundary and nowhere
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -45,7 +45,7 @@ class TaskAssigned(Message):
     dispatched_at_ms: int
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     UNKNOWN = "UNKNOWN"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -77,7 +77,7 @@ class TaskResult(Message):
     finished_at_ms: int
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     UNKNOWN = "UNKNOWN"
     ACCEPTED = "ACCEPTED"
     STEP_COMPLETED = "STEP_COMPLETED"

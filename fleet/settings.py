@@ -17,8 +17,8 @@ from fleet.errors import ConfigError
 DEFAULT_KAFKA_VERSION = "4.4.0"
 
 # Any FLEET_KAFKA_CLIENT_<NAME> variable becomes the librdkafka property <name> with
-# "_" -> ".", e.g. FLEET_KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL -> security.protocol=SASL_SSL. This is how
-# users point the product at a secured cluster without a config file.
+# "_" -> ".", e.g. FLEET_KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL -> security.protocol=SASL_SSL.
+# This is how users point the product at a secured cluster without a config file.
 _CLIENT_PREFIX = "FLEET_KAFKA_CLIENT_"
 _TOPIC_PREFIX_RE = re.compile(r"^[a-zA-Z0-9._-]*$")
 
@@ -41,7 +41,9 @@ class Settings(BaseModel):
     topology_file: Path = Field(default_factory=lambda: _bundled("topics.yaml"))
     schemas_dir: Path = Field(default_factory=lambda: _bundled("schemas"))
     kafka_version: str = DEFAULT_KAFKA_VERSION
-    kafka_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fleet" / "kafka")
+    kafka_cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "fleet" / "kafka"
+    )
     kafka_run_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "state" / "fleet" / "kafka"
     )

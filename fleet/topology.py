@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, TopicMetadata
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.errors import BrokerError, ConfigError
@@ -108,7 +109,9 @@ class TopicReport:
     detail: str = ""
 
 
-def desired_topics(topology: Topology, topics: Topics, capabilities: list[str]) -> dict[str, TopicSpec]:
+def desired_topics(
+    topology: Topology, topics: Topics, capabilities: list[str]
+) -> dict[str, TopicSpec]:
     wanted = {topics.prefix + name: spec for name, spec in topology.topics.items()}
     for cap in capabilities:
         wanted[topics.tasks(cap)] = topology.task_topics
@@ -153,7 +156,10 @@ def apply_topics(
 
 
 def _drift(
-    admin: AdminClient, existing: dict[str, object], wanted: dict[str, TopicSpec], timeout_s: float
+    admin: AdminClient,
+    existing: Mapping[str, TopicMetadata],
+    wanted: dict[str, TopicSpec],
+    timeout_s: float,
 ) -> list[TopicReport]:
     if not wanted:
         return []
@@ -164,7 +170,7 @@ def _drift(
         name = resource.name
         spec = wanted[name]
         problems = []
-        partitions = len(existing[name].partitions)  # type: ignore[attr-defined]
+        partitions = len(existing[name].partitions)
         if partitions != spec.partitions:
             problems.append(f"partitions {partitions} (topics.yaml says {spec.partitions})")
         actual = future.result(timeout=timeout_s)

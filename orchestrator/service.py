@@ -21,8 +21,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fleet.codec import Codec, SchemaStore
 from fleet.deadletter import DeadLetters
 from fleet.errors import BrokerError, DecodeError, FleetError
-from fleet.kafka import TRACEPARENT, KafkaClients, header, headers_for, produce, resolve_bootstrap
-from fleet.kafka import wait_for_broker
+from fleet.kafka import (
+    TRACEPARENT,
+    DeliveryCallback,
+    KafkaClients,
+    header,
+    headers_for,
+    produce,
+    resolve_bootstrap,
+    wait_for_broker,
+)
 from fleet.messages import TaskResult, WorkflowSubmitted
 from fleet.metrics import LATENCY_BUCKETS, serve_metrics
 from fleet.settings import Settings
@@ -39,7 +47,10 @@ class OrchestratorMetrics:
             "fleet_tasks_dispatched", "Task attempts dispatched", ["capability"], registry=registry
         )
         self.completed = Counter(
-            "fleet_tasks_completed", "Task attempts that succeeded", ["capability"], registry=registry
+            "fleet_tasks_completed",
+            "Task attempts that succeeded",
+            ["capability"],
+            registry=registry,
         )
         self.failed = Counter(
             "fleet_tasks_failed", "Task attempts that failed", ["capability"], registry=registry
@@ -161,7 +172,9 @@ class Orchestrator:
                     log.warning("consumer error; librdkafka retries", error=str(error))
                 continue
             self._handle(record, batch)
-            batch.offsets[(record.topic() or "", record.partition() or 0)] = (record.offset() or 0) + 1
+            batch.offsets[(record.topic() or "", record.partition() or 0)] = (
+                record.offset() or 0
+            ) + 1
         self._commit(batch)
 
     def _handle(self, record: Message, batch: Batch) -> None:
@@ -180,7 +193,7 @@ class Orchestrator:
         except DecodeError as exc:
             self._dead_letter(record, exc, batch)
             return
-        except Exception as exc:  # noqa: BLE001 - one bad record must never stop the line
+        except Exception as exc:
             log.exception("engine failed on a record; dead-lettering it")
             self._dead_letter(record, exc, batch)
             return
@@ -224,7 +237,7 @@ class Orchestrator:
             log.info("input dropped", reason=reason)
 
     @staticmethod
-    def _on_delivery(batch: Batch) -> object:
+    def _on_delivery(batch: Batch) -> DeliveryCallback:
         def callback(err: KafkaError | None, message: Message) -> None:
             if err is not None:
                 batch.delivery_errors.append(f"{message.topic()}: {err}")
@@ -266,7 +279,11 @@ def run(
     topics = Topics(settings.topic_prefix)
     for report in apply_topics(admin, topology, desired_topics(topology, topics, [])):
         if report.status == "drift":
-            log.warning("topic drift; fix topics.yaml or the topic", topic=report.topic, detail=report.detail)
+            log.warning(
+                "topic drift; fix topics.yaml or the topic",
+                topic=report.topic,
+                detail=report.detail,
+            )
     registry = CollectorRegistry()
     serve_metrics(registry, metrics_port, metrics_host)
     orchestrator = Orchestrator(settings, clients, OrchestratorMetrics(registry), batch_size)

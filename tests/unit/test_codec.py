@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -42,8 +44,9 @@ CODEC = Codec(STORE)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 ids = st.text(min_size=1, max_size=30)
@@ -170,17 +173,19 @@ def test_poison_input_raises_decode_error_with_reason(data: bytes | None, reason
 
 
 def test_decoding_as_the_wrong_type_is_a_decode_error() -> None:
-    with pytest.raises(DecodeError, match="expected io.fleet.TaskResult, got io.fleet.WorkflowEvent"):
+    with pytest.raises(
+        DecodeError, match=r"expected io\.fleet\.TaskResult, got io\.fleet\.WorkflowEvent"
+    ):
         CODEC.decode(VALID, TaskResult)
 
 
 @given(st.binary(max_size=80))
 def test_arbitrary_bytes_never_escape_as_anything_but_decode_error(data: bytes) -> None:
     for cls in (WorkflowSubmitted, TaskAssigned, TaskResult, WorkflowEvent, DeadLetter):
-        try:
-            CODEC.decode(SINGLE_OBJECT_MAGIC + STORE.schema_for(cls.schema_name).fingerprint + data, cls)
-        except DecodeError:
-            pass
+        with contextlib.suppress(DecodeError):
+            CODEC.decode(
+                SINGLE_OBJECT_MAGIC + STORE.schema_for(cls.schema_name).fingerprint + data, cls
+            )
 
 
 # --- schema evolution -------------------------------------------------------------
@@ -199,7 +204,7 @@ def test_each_schema_reads_and_is_read_by_its_previous_version(name: str) -> Non
     assert [v.version for v in versions] == list(range(1, len(versions) + 1)), (
         f"{name}: versions must be 1..n without gaps (keep every previous version)"
     )
-    for old, new in zip(versions, versions[1:], strict=False):
+    for old, new in itertools.pairwise(versions):
         assert compatibility_problems(old, new) == []
 
 

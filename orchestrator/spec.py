@@ -1,0 +1,396 @@
+"""Workflow specs: the typed form of a submitted DAG, and its validation.
+
+``parse_spec`` collects every problem it can find before raising, because a person
+fixing a spec wants the whole list at once, not one error per round trip. Each problem
+is ``(location, reason)`` with locations such as ``steps[1] (id 'enrich').for_each``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
+
+from fleet.errors import SpecError
+from orchestrator.refs import (
+    STEP_ID_PATTERN,
+    Ref,
+    RefSyntaxError,
+    Root,
+    format_segment,
+    is_ref,
+    iter_ref_strings,
+    json_kind,
+    parse_ref,
+)
+
+# Capabilities become Kafka topic names ``<prefix>tasks.<capability>`` (at most 249
+# characters), so names use the topic alphabet and leave room for the prefix.
+NAME_PATTERN = rf"^{STEP_ID_PATTERN.pattern}$"
+NAME_MAX_LENGTH = 200
+# Deadlines are epoch milliseconds in an Avro long; a year is far beyond any agent task
+# and keeps ``now_ms + timeout_s * 1000`` an exact, bounded integer.
+TIMEOUT_MAX_S = 365 * 24 * 3600.0
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
+
+Problem = tuple[str, str]
+
+
+class StepSpec(BaseModel):
+    # strict: a spec is a contract, so "2" is not silently the integer 2.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    id: Name
+    capability: Name
+    needs: list[str] = []
+    input: JsonValue = {}
+    for_each: str | None = None
+    retries: int = Field(default=0, ge=0)
+    timeout_s: float = Field(default=300.0, gt=0, le=TIMEOUT_MAX_S, allow_inf_nan=False)
+
+
+class WorkflowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
+    input: JsonValue = {}
+    steps: list[StepSpec] = Field(min_length=1)
+    output: JsonValue = None
+
+    def step(self, step_id: str) -> StepSpec:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = None) -> WorkflowSpec:
+    """Validate ``doc`` into a :class:`WorkflowSpec` or raise :class:`SpecError` listing
+    every problem. ``has_capability`` (when given) says whether a capability has a topic."""
+    if not isinstance(doc, Mapping):
+        raise SpecError([("spec", f"expected an object, got {_kind(doc)}")])
+    problems: list[Problem] = []
+    spec: WorkflowSpec | None = None
+    try:
+        spec = WorkflowSpec.model_validate(doc)
+    except ValidationError as exc:
+        problems.extend(_shape_problems(exc, doc))
+    # Semantic checks still run on the steps that are well-formed on their own, so one
+    # typo does not hide a cycle or a bad reference elsewhere.
+    raw_steps = doc.get("steps")
+    raw_list: list[Any] = raw_steps if isinstance(raw_steps, list) else []
+    steps = list(enumerate(spec.steps)) if spec is not None else _valid_steps(raw_list)
+    known = _known_ids(raw_list, problems)
+    problems.extend(_graph_problems(steps, known, raw_list))
+    if has_capability is not None:
+        for position, step in steps:
+            if not has_capability(step.capability):
+                where = f"{_label(position, raw_list)}.capability"
+                problems.append((where, f"capability {step.capability!r} has no task topic"))
+    if "output" in doc and isinstance(raw_steps, list):
+        # Without a steps list every step reference would look unknown: pure noise.
+        problems.extend(_ref_problems("output", doc["output"], known, allowed=None))
+    if problems:
+        raise SpecError(problems)
+    assert spec is not None
+    return spec
+
+
+def load_spec_file(path: str | Path) -> object:
+    """Read a spec document from a YAML or JSON file (YAML is a superset of JSON)."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([(where, f"cannot read file: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError([(where, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
+    try:
+        doc = yaml.load(text, Loader=_JsonLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([(where, f"not valid YAML or JSON: {problem}")]) from exc
+    if doc is None:
+        raise SpecError([(where, "file is empty")])
+    return doc
+
+
+class _JsonLoader(yaml.SafeLoader):
+    """SafeLoader that keeps unquoted dates as strings, so every scalar is JSON."""
+
+
+_JsonLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _label(position: int, raw_steps: list[Any]) -> str:
+    raw = raw_steps[position] if position < len(raw_steps) else None
+    step_id = raw.get("id") if isinstance(raw, Mapping) else None
+    return (
+        f"steps[{position}] (id {step_id!r})" if isinstance(step_id, str) else f"steps[{position}]"
+    )
+
+
+def _valid_steps(raw_steps: list[Any]) -> list[tuple[int, StepSpec]]:
+    valid = []
+    for position, raw in enumerate(raw_steps):
+        try:
+            valid.append((position, StepSpec.model_validate(raw)))
+        except ValidationError:
+            continue  # already reported by the whole-document validation
+    return valid
+
+
+def _known_ids(raw_steps: list[Any], problems: list[Problem]) -> dict[str, int]:
+    """Every step id in the document (valid step or not), reporting duplicates."""
+    known: dict[str, int] = {}
+    for position, raw in enumerate(raw_steps):
+        step_id = raw.get("id") if isinstance(raw, Mapping) else None
+        if not isinstance(step_id, str):
+            continue
+        if step_id in known:
+            first = known[step_id]
+            problems.append(
+                (
+                    f"{_label(position, raw_steps)}.id",
+                    f"duplicate step id {step_id!r} (first used by steps[{first}])",
+                )
+            )
+        else:
+            known[step_id] = position
+    return known
+
+
+def _graph_problems(
+    steps: list[tuple[int, StepSpec]], known: dict[str, int], raw_steps: list[Any]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    needs: dict[str, list[str]] = {}
+    for position, step in steps:
+        label = _label(position, raw_steps)
+        for n, need in enumerate(step.needs):
+            if need not in known:
+                problems.append(
+                    (f"{label}.needs[{n}]", f"unknown step {need!r} (steps: {', '.join(known)})")
+                )
+        needs.setdefault(step.id, [n for n in step.needs if n in known])
+    problems.extend(_cycle_problems(steps, needs, raw_steps))
+    for position, step in steps:
+        label = _label(position, raw_steps)
+        upstream = _upstream(step.id, needs)
+        if step.for_each is not None:
+            where = f"{label}.for_each"
+            if not is_ref(step.for_each):
+                problems.append(
+                    (
+                        where,
+                        f"must be a $. reference to a list (e.g. $.steps.<id>.output.items), "
+                        f"got {step.for_each!r}",
+                    )
+                )
+            else:
+                problems.extend(
+                    _ref_problems(where, step.for_each, known, allowed=upstream, own_id=step.id)
+                )
+        fan_out = step.for_each is not None
+        problems.extend(
+            _ref_problems(
+                f"{label}.input",
+                step.input,
+                known,
+                allowed=upstream,
+                own_id=step.id,
+                fan_out=fan_out,
+            )
+        )
+    return problems
+
+
+def _cycle_problems(
+    steps: list[tuple[int, StepSpec]], needs: dict[str, list[str]], raw_steps: list[Any]
+) -> list[Problem]:
+    """One problem per cycle found by depth-first search over ``needs`` edges."""
+    problems: list[Problem] = []
+    position_of = {step.id: position for position, step in steps}
+    state: dict[str, int] = {}  # absent: unseen, 1: on the DFS stack, 2: finished
+    stack: list[str] = []
+
+    def visit(step_id: str) -> None:
+        state[step_id] = 1
+        stack.append(step_id)
+        for need in needs.get(step_id, []):
+            if state.get(need) == 1:
+                cycle = [*stack[stack.index(need) :], need]
+                where = f"{_label(position_of[need], raw_steps)}.needs"
+                problems.append((where, f"cycle: {' -> '.join(cycle)} (each step needs the next)"))
+            elif need not in state:
+                visit(need)
+        stack.pop()
+        state[step_id] = 2
+
+    # Recursion depth is bounded by the number of steps in one spec.
+    for _, step in steps:
+        if step.id not in state:
+            visit(step.id)
+    return problems
+
+
+def _upstream(step_id: str, needs: dict[str, list[str]]) -> set[str]:
+    """Steps ``step_id`` needs directly or transitively (cycle-safe)."""
+    seen: set[str] = set()
+    todo = list(needs.get(step_id, []))
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(needs.get(current, []))
+    seen.discard(step_id)  # a cycle through itself is reported as a cycle, not a ref error
+    return seen
+
+
+def _ref_problems(
+    where: str,
+    value: object,
+    known: Mapping[str, int],
+    *,
+    allowed: set[str] | None,
+    own_id: str | None = None,
+    fan_out: bool = False,
+) -> list[Problem]:
+    """Problems with the references in ``value``.
+
+    ``allowed`` is the set of steps whose outputs may be read (None: any step, as for
+    the workflow output); ``fan_out`` says whether ``$.item``/``$.index`` are bound.
+    """
+    problems: list[Problem] = []
+    for suffix, text in iter_ref_strings(value):
+        location = where + suffix
+        try:
+            ref = parse_ref(text)
+        except RefSyntaxError as exc:
+            problems.append((location, f"invalid reference {text!r}: {exc.reason}"))
+            continue
+        reason = _ref_reason(ref, known, allowed, own_id, fan_out)
+        if reason is not None:
+            problems.append((location, f"{text}: {reason}"))
+    return problems
+
+
+def _ref_reason(
+    ref: Ref,
+    known: Mapping[str, int],
+    allowed: set[str] | None,
+    own_id: str | None,
+    fan_out: bool,
+) -> str | None:
+    if ref.root in (Root.ITEM, Root.INDEX) and not fan_out:
+        return "only bound in the input of a for_each step"
+    if ref.root is not Root.STEPS:
+        return None
+    assert ref.step_id is not None
+    if ref.step_id not in known:
+        return f"unknown step {ref.step_id!r}"
+    if ref.step_id == own_id:
+        return "a step cannot read its own output"
+    if allowed is not None and ref.step_id not in allowed:
+        return (
+            f"step {ref.step_id!r} is not in needs (directly or transitively), so its "
+            "output may not exist yet; add it to needs"
+        )
+    return None
+
+
+# pydantic error type -> our reason; filled from the error's ctx, input and kind.
+_REASONS = {
+    "missing": "required field is missing",
+    "string_type": "expected a string, got {kind}",
+    "int_type": "expected an integer, got {kind}",
+    "float_type": "expected a number, got {kind}",
+    "list_type": "expected a list, got {kind}",
+    "dict_type": "expected an object, got {kind}",
+    "model_type": "expected an object, got {kind}",
+    "finite_number": "expected a finite number, got {input!r}",
+    "invalid-json-value": "not a JSON value: {kind}",
+    "string_pattern_mismatch": (
+        "{input!r} is not a valid name: use letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    ),
+    "string_too_long": "too long (at most {max_length} characters)",
+    "string_too_short": "must not be empty",
+    "too_short": "at least one step is required",  # steps is the only list with a minimum
+    "greater_than": "must be greater than {gt}, got {input!r}",
+    "greater_than_equal": "must be at least {ge}, got {input!r}",
+    "less_than_equal": "must be at most {le}, got {input!r}",
+}
+_JSON_FIELDS = frozenset({"input", "output"})
+
+
+def _shape_problems(exc: ValidationError, doc: Mapping[str, Any]) -> list[Problem]:
+    """pydantic's errors in the same ``(location, reason)`` form as every other problem."""
+    raw_steps = doc.get("steps")
+    raw_list: list[Any] = raw_steps if isinstance(raw_steps, list) else []
+    problems = []
+    for error in exc.errors():
+        loc = error["loc"]
+        if loc and loc[-1] == "[key]":
+            # JSON object keys must be strings; pydantic reports the key itself.
+            where = _location(loc[:-1], raw_list)
+            problems.append((where, f"object keys must be strings, got {_kind(error['input'])}"))
+            continue
+        problems.append((_location(loc, raw_list), _reason(error)))
+    return problems
+
+
+def _location(loc: tuple[int | str, ...], raw_steps: list[Any]) -> str:
+    parts: list[str] = []
+    items = list(loc)
+    if len(items) >= 2 and items[0] == "steps" and isinstance(items[1], int):
+        parts.append(_label(items[1], raw_steps))
+        items = items[2:]
+    in_json = False
+    index = 0
+    while index < len(items):
+        item = items[index]
+        index += 1
+        if in_json and item in ("dict", "list") and index < len(items):
+            # JsonValue errors interleave the container type with each key; skip it.
+            item = items[index]
+            index += 1
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif not parts:
+            parts.append(item)
+        else:
+            parts.append(format_segment(item) if in_json else f".{item}")
+        in_json = in_json or item in _JSON_FIELDS
+    return "".join(parts) or "spec"
+
+
+def _reason(error: Any) -> str:
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        model = StepSpec if error["loc"][0] == "steps" else WorkflowSpec
+        return f"unknown field (allowed: {', '.join(model.model_fields)})"
+    template = _REASONS.get(kind)
+    if template is None:
+        return str(error["msg"])
+    fields = {**(error.get("ctx") or {}), "input": value, "kind": _kind(value)}
+    return template.format(**fields)
+
+
+def _kind(value: object) -> str:
+    """``json_kind`` plus the value itself when it is a short scalar."""
+    phrase = json_kind(value)
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
+        return f"{phrase} ({json.dumps(value)})"
+    return phrase

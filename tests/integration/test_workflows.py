@@ -1,0 +1,293 @@
+"""End to end on a real broker: orchestrator and worker pools run as separate processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from fleet.client import FleetClient
+from fleet.messages import DeadLetter, EventKind, WorkflowEvent
+from fleet.settings import Settings
+from fleet.supervisor import Supervisor, child_env
+
+pytestmark = pytest.mark.kafka
+
+WAIT_S = 90.0
+
+
+@dataclass
+class Fleet:
+    settings: Settings
+    client: FleetClient
+    supervisor: Supervisor
+
+    def run(self, spec: dict[str, object], workflow_id: str | None = None) -> WorkflowEvent:
+        return self.run_many([spec])[0]
+
+    def run_many(self, specs: list[dict[str, object]]) -> list[WorkflowEvent]:
+        consumer = self.client.event_consumer(from_beginning=False)
+        try:
+            ids = [self.client.submit(spec, flush=False) for spec in specs]
+            self.client.flush()
+            outcomes = self.client.wait(consumer, ids, WAIT_S)
+        finally:
+            consumer.close()
+        dead = [c.name for c in self.supervisor.dead()]
+        assert not dead, f"processes died: {dead}"
+        missing = [i for i in ids if i not in outcomes]
+        assert not missing, f"no terminal event for {missing}"
+        return [outcomes[i] for i in ids]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleet.cli", *args],
+            env=child_env(self.settings),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "FLEET_TOPIC_PREFIX": f"it-{uuid.uuid4().hex[:8]}.",
+        }
+    )
+    log_dir = tmp_path_factory.mktemp("fleet-logs")
+    applied = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "topics", "apply"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "created" in applied.stdout
+    with Supervisor(settings, log_dir) as supervisor:
+        supervisor.start("orchestrator", ["orchestrator"])
+        for n in (1, 2):
+            supervisor.start(
+                f"worker-{n}", ["worker", "--app", "workers.examples:app", "--concurrency", "8"]
+            )
+        client = FleetClient(settings, role="test")
+        yield Fleet(settings, client, supervisor)
+        client.close()
+        codes = supervisor.stop_all()
+        logs = {c.name: c.log_tail() for c in supervisor.children}
+        assert codes == {"orchestrator": 0, "worker-1": 0, "worker-2": 0}, logs
+
+
+def noop(
+    step_id: str, payload: object, needs: list[str] | None = None, **extra: object
+) -> dict[str, object]:
+    return {"id": step_id, "capability": "noop", "input": payload, "needs": needs or [], **extra}
+
+
+def test_linear_workflow_passes_outputs_along(fleet: Fleet) -> None:
+    spec = {
+        "name": "linear",
+        "input": {"x": 7},
+        "steps": [
+            noop("a", {"v": "$.input.x"}),
+            noop("b", {"prev": "$.steps.a.output", "n": 2}, ["a"]),
+            noop("c", {"all": "$.steps.b.output"}, ["b"]),
+        ],
+        "output": "$.steps.c.output",
+    }
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.COMPLETED, outcome.error
+    assert outcome.output == {"all": {"prev": {"v": 7}, "n": 2}}
+
+
+def test_diamond_joins_both_branches(fleet: Fleet) -> None:
+    spec = {
+        "name": "diamond",
+        "steps": [
+            noop("a", {"root": True}),
+            noop("b", {"left": "$.steps.a.output.root"}, ["a"]),
+            noop("c", {"right": "$.steps.a.output"}, ["a"]),
+            noop("d", {"b": "$.steps.b.output", "c": "$.steps.c.output"}, ["b", "c"]),
+        ],
+        "output": {"joined": "$.steps.d.output", "first": "$.steps.a.output"},
+    }
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.COMPLETED, outcome.error
+    assert outcome.output == {
+        "joined": {"b": {"left": True}, "c": {"right": {"root": True}}},
+        "first": {"root": True},
+    }
+
+
+def test_fan_out_of_fifty_fans_in_in_element_order(fleet: Fleet) -> None:
+    # Later elements sleep less, so results arrive roughly in reverse order.
+    items = [{"i": i, "d": (50 - i) * 4} for i in range(50)]
+    spec = {
+        "name": "fan",
+        "steps": [
+            noop("source", {"items": items}),
+            noop(
+                "each",
+                {"i": "$.item.i", "pos": "$.index", "delay_ms": "$.item.d"},
+                ["source"],
+                for_each="$.steps.source.output.items",
+            ),
+            noop("sink", {"all": "$.steps.each.output"}, ["each"]),
+        ],
+        "output": "$.steps.sink.output.all",
+    }
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.COMPLETED, outcome.error
+    assert outcome.output == [{"i": i, "pos": i, "delay_ms": (50 - i) * 4} for i in range(50)]
+
+
+def test_retryable_failure_is_retried_then_succeeds(fleet: Fleet) -> None:
+    spec = {
+        "name": "flaky",
+        "steps": [{"id": "f", "capability": "text.flaky", "input": {}, "retries": 2}],
+        "output": "$.steps.f.output",
+    }
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.COMPLETED, outcome.error
+    assert outcome.output == {"ok": True}
+
+
+def test_retryable_failure_without_retries_fails_with_cause(fleet: Fleet) -> None:
+    spec = {"name": "flaky0", "steps": [{"id": "f", "capability": "text.flaky", "input": {}}]}
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.FAILED
+    assert outcome.error is not None
+    assert (outcome.error.step_id, outcome.error.attempt, outcome.error.type) == (
+        "f",
+        1,
+        "RetryableError",
+    )
+    assert outcome.error.message == "try again"
+
+
+def test_permanent_failure_fails_at_once_despite_retries(fleet: Fleet) -> None:
+    spec = {
+        "name": "perm",
+        "steps": [noop("ok", {}), noop("bad", {"fail": "permanent"}, ["ok"], retries=3)],
+    }
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.FAILED
+    assert outcome.error is not None
+    assert (outcome.error.step_id, outcome.error.attempt, outcome.error.type) == (
+        "bad",
+        1,
+        "PermanentError",
+    )
+
+
+@pytest.mark.parametrize(
+    ("steps", "reason"),
+    [
+        ([noop("a", {}, ["b"]), noop("b", {}, ["a"])], "cycle"),
+        ([noop("a", {}, ["ghost"])], "ghost"),
+        ([{"id": "a", "capability": "no-such-capability", "input": {}}], "has no task topic"),
+        ([noop("a", {}), noop("b", {"x": "$.steps.a.output"})], "not in needs"),
+    ],
+)
+def test_invalid_workflow_is_rejected_with_reason(
+    fleet: Fleet, steps: list[dict[str, object]], reason: str
+) -> None:
+    outcome = fleet.run({"name": "bad", "steps": steps})
+    assert outcome.kind is EventKind.REJECTED
+    assert outcome.error is not None and reason in outcome.error.message
+
+
+def test_for_each_that_is_not_a_list_fails_the_workflow(fleet: Fleet) -> None:
+    spec = {
+        "name": "notalist",
+        "steps": [
+            noop("a", {"items": {"not": "a list"}}),
+            noop("b", {"x": "$.item"}, ["a"], for_each="$.steps.a.output.items"),
+        ],
+    }
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.FAILED
+    assert outcome.error is not None and outcome.error.step_id == "b"
+    assert outcome.error.type == "ResolutionError"
+
+
+def _dead_letters(fleet: Fleet, expected: int) -> list[tuple[DeadLetter, dict[str, str]]]:
+    topic = fleet.client.topics.dead_letters
+    consumer: Consumer = fleet.client.clients.consumer(f"dlq-reader-{uuid.uuid4().hex}")
+    partitions = fleet.client.admin.list_topics(topic=topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    found: list[tuple[DeadLetter, dict[str, str]]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(found) < expected:
+        for record in consumer.consume(100, timeout=0.5):
+            if record.error() is None:
+                headers = {k: bytes(v).decode() for k, v in record.headers() or [] if v is not None}
+                found.append((fleet.client.codec.decode(record.value(), DeadLetter), headers))
+    consumer.close()
+    return found
+
+
+def test_garbage_on_every_consumed_topic_is_dead_lettered_and_the_line_goes_on(
+    fleet: Fleet,
+) -> None:
+    topics = fleet.client.topics
+    poisoned = [topics.requests, topics.results, topics.tasks("noop")]
+    producer = fleet.client.clients.producer()
+    for topic in poisoned:
+        producer.produce(topic, key=b"garbage-key", value=b"\x00garbage " + topic.encode())
+    assert producer.flush(10) == 0
+
+    outcome = fleet.run({"name": "after-garbage", "steps": [noop("a", {"still": "alive"})]})
+    assert outcome.kind is EventKind.COMPLETED
+
+    letters = _dead_letters(fleet, expected=len(poisoned))
+    by_topic = {letter.source_topic: (letter, headers) for letter, headers in letters}
+    assert sorted(by_topic) == sorted(poisoned)
+    for topic, (letter, headers) in by_topic.items():
+        assert letter.value == b"\x00garbage " + topic.encode()
+        assert letter.key == b"garbage-key"
+        assert letter.error_type == "DecodeError"
+        assert headers["fleet-error-type"] == "DecodeError"
+        assert headers["fleet-source-topic"] == topic
+        assert headers["fleet-error"]
+
+
+def test_cli_submit_wait_prints_the_terminal_event(fleet: Fleet, tmp_path: Path) -> None:
+    spec_file = tmp_path / "wf.yaml"
+    spec_file.write_text(
+        "name: cli\nsteps:\n  - id: a\n    capability: noop\n    input: {v: $.input.v}\n"
+        "output: $.steps.a.output\n"
+    )
+    done = fleet.cli("submit", str(spec_file), "--input", '{"v": 42}', "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout)
+    assert event["kind"] == "COMPLETED"
+    assert event["output"] == {"v": 42}
+
+    tail = fleet.cli("tail", "--workflow", event["workflow_id"], "--from-beginning", "--json")
+    assert tail.returncode == 0, tail.stderr
+    kinds = [json.loads(line)["kind"] for line in tail.stdout.splitlines()]
+    assert kinds == ["ACCEPTED", "STEP_COMPLETED", "COMPLETED"]
+
+
+def test_cli_rejects_an_invalid_file_before_producing(fleet: Fleet, tmp_path: Path) -> None:
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text("name: bad\nsteps:\n  - id: a\n    capability: noop\n    needs: [a]\n")
+    done = fleet.cli("submit", str(spec_file))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "invalid workflow" in done.stderr and "cycle" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
