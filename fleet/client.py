@@ -5,17 +5,32 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import JsonValue
 
 from fleet.codec import Codec, SchemaStore
 from fleet.errors import BrokerError, DecodeError
-from fleet.kafka import KafkaClients, headers_for, produce, resolve_bootstrap, wait_for_broker
+from fleet.kafka import (
+    KafkaClients,
+    headers_for,
+    produce,
+    resolve_bootstrap,
+    retry_transient,
+    wait_for_broker,
+)
 from fleet.messages import WorkflowEvent, WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import new_traceparent
+
+
+def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    low, high = consumer.get_watermark_offsets(
+        TopicPartition(topic, partition), timeout=10, cached=False
+    )
+    return low, high
 
 
 def new_workflow_id() -> str:
@@ -79,9 +94,7 @@ class FleetClient:
             for p in sorted(partitions):
                 start = OFFSET_BEGINNING
                 if not from_beginning:
-                    _low, start = consumer.get_watermark_offsets(
-                        TopicPartition(name, p), timeout=10, cached=False
-                    )
+                    _low, start = retry_transient(partial(_watermarks, consumer, name, p))
                 assignment.append(TopicPartition(name, p, start))
         except (KafkaException, KeyError) as exc:
             consumer.close()

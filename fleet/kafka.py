@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from tenacity import (
     RetryError,
     retry,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
@@ -133,6 +134,42 @@ def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0) -> None:
             f"Kafka at {admin} did not answer within {timeout_s:.0f} s: "
             f"{exc.last_attempt.exception()}; check KAFKA_BOOTSTRAP_SERVERS or `fleet kafka status`"
         ) from exc
+
+
+T = TypeVar("T")
+
+
+# Errors that pass on their own (leader elections, a topic still propagating). librdkafka
+# does not always set retriable() on errors it returns from synchronous calls.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def _retriable(exc: BaseException) -> bool:
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    return bool(error.retriable()) or error.code() in _TRANSIENT
+
+
+def retry_transient(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Run a client call, retrying errors Kafka marks retriable (no leader yet, and so on)."""
+    retrying = retry(
+        retry=retry_if_exception(_retriable),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(timeout_s),
+        reraise=True,
+    )
+    return retrying(call)()
 
 
 def headers_for(

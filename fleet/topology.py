@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,19 +141,47 @@ def apply_topics(
         for name, spec in wanted.items()
         if name not in existing
     ]
+    raced: list[str] = []
     if to_create:
         for name, future in admin.create_topics(to_create, operation_timeout=timeout_s).items():
             try:
                 future.result()
                 reports.append(TopicReport(name, "created"))
             except KafkaException as exc:
-                # Another process created it between our list and create: that is fine.
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise BrokerError(f"cannot create topic {name}: {exc}") from exc
-                reports.append(TopicReport(name, "ok", "created concurrently"))
-    present = [name for name in wanted if name in existing]
-    reports.extend(_drift(admin, existing, {n: wanted[n] for n in present}, timeout_s))
+                # Someone created it between our list and create: check it like the others.
+                raced.append(name)
+    created = [r.topic for r in reports]
+    if raced or created:
+        # Return only once every topic is usable: created topics need partition leaders.
+        existing = _await_metadata(admin, raced + created, timeout_s)
+    present = {n: wanted[n] for n in wanted if n in existing and n not in created}
+    missing = [n for n in wanted if n not in existing and n not in created]
+    if missing:
+        raise BrokerError(f"topics {missing} exist but do not show in metadata; try again")
+    reports.extend(_drift(admin, existing, present, timeout_s))
     return sorted(reports, key=lambda r: r.topic)
+
+
+def _await_metadata(
+    admin: AdminClient, names: list[str], timeout_s: float
+) -> dict[str, TopicMetadata]:
+    """Cluster metadata once it shows ``names`` with a leader for every partition.
+
+    A new topic reaches the brokers' metadata caches, and gets its leaders, a little
+    after CreateTopics returns.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics: dict[str, TopicMetadata] = admin.list_topics(timeout=timeout_s).topics
+        ready = all(
+            name in topics and all(p.leader >= 0 for p in topics[name].partitions.values())
+            for name in names
+        )
+        if ready or time.monotonic() > deadline:
+            return topics
+        time.sleep(0.1)
 
 
 def _drift(

@@ -175,7 +175,9 @@ def test_retryable_failure_without_retries_fails_with_cause(fleet: Fleet) -> Non
         1,
         "RetryableError",
     )
-    assert outcome.error.message == "try again"
+    assert outcome.error.message.endswith(
+        "attempt 1 failed, retries exhausted (0 allowed): try again"
+    )
 
 
 def test_permanent_failure_fails_at_once_despite_retries(fleet: Fleet) -> None:

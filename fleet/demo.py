@@ -1,0 +1,272 @@
+"""The main job: a local broker, an orchestrator, worker pools and a sample workload.
+
+Everything runs as separate processes on the embedded default (the local Apache Kafka
+from Maven Central), shows live progress, prints a summary and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+
+from fleet.client import FleetClient
+from fleet.errors import ConfigError, FleetError
+from fleet.kafka import KafkaClients, wait_for_broker
+from fleet.localkafka import LocalKafka
+from fleet.messages import EventKind, WorkflowEvent
+from fleet.settings import Settings
+from fleet.supervisor import Supervisor
+from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from orchestrator.spec import load_spec_file
+
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "scripts" / "workflows"
+WORKER_POOLS = 2
+CONCURRENCY = 16
+WAIT_S = 600.0
+
+HOSTS = ["web-1", "web-2", "web-3", "db-1", "db-2", "cache-1", "queue-1", "api-1"]
+ALERTS = [
+    "disk full on {hosts}",
+    "high cpu load on {hosts}, critical",
+    "memory pressure and oom kills on {hosts}",
+    "network packet loss between {hosts}",
+]
+DOCUMENTS = [
+    "Invoice {n} from billing@acme.example: {k} items, total {t}. See https://acme.example/inv/{n}.",
+    "Purchase order {n} for {k} GPUs at {t} each, contact ops@corp.example.",
+    "Refund request {n}: {k} licences returned, credit {t} to https://pay.example/r/{n}.",
+]
+UNSCORABLE = "Please review the attached contract before Friday. Thanks!"
+SENTENCES = ["the quick brown fox", "agents coordinate through kafka topics", "one two three"]
+
+
+@dataclass
+class DemoWorkflow:
+    kind: str
+    spec: dict[str, Any]
+    expect: JsonValue | None = None  # a known output fragment, checked after the run
+    expect_failure: bool = False
+
+
+def _template(name: str) -> dict[str, Any]:
+    path = WORKFLOWS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"demo workflow {path} is missing; run the demo from a checkout")
+    doc = load_spec_file(path)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _with_latency(spec: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Simulated agent latency: every step input gets a delay_ms the agents honour."""
+    for step in spec["steps"]:
+        step["input"] = {**step.get("input", {}), "delay_ms": rng.randint(10, 120)}
+    return spec
+
+
+def build_workload(count: int, seed: int = 7) -> list[DemoWorkflow]:
+    """A deterministic mix: fan-out/fan-in, sequences (a few failing), retried steps."""
+    rng = random.Random(seed)  # noqa: S311 - a repeatable workload, not a secret
+    incident, document, flaky = (
+        _template("incident-response"),
+        _template("document-review"),
+        _template("flaky-retry"),
+    )
+    workload = []
+    for i in range(count):
+        roll = i % 20
+        if roll < 8:
+            hosts = rng.sample(HOSTS, rng.randint(1, 5))
+            spec = json.loads(json.dumps(incident))
+            spec["input"] = {"alert": rng.choice(ALERTS).format(hosts=", ".join(hosts))}
+            workload.append(DemoWorkflow("incident-response", spec, {"count": len(hosts)}))
+        elif roll < 15:
+            spec = json.loads(json.dumps(document))
+            if roll == 14:
+                spec["input"] = {"text": UNSCORABLE}
+                workload.append(DemoWorkflow("document-review", spec, expect_failure=True))
+                continue
+            n, k, t = rng.randint(1000, 9999), rng.randint(1, 9), round(rng.uniform(5, 900), 2)
+            spec["input"] = {"text": rng.choice(DOCUMENTS).format(n=n, k=k, t=t)}
+            workload.append(DemoWorkflow("document-review", spec, {"numbers": [n, k, t]}))
+        else:
+            text = rng.choice(SENTENCES)
+            spec = json.loads(json.dumps(flaky))
+            spec["input"] = {"text": text}
+            workload.append(DemoWorkflow("flaky-retry", spec, {"words": len(text.split())}))
+    for item in workload:
+        _with_latency(item.spec, rng)
+    return workload
+
+
+def output_matches(item: DemoWorkflow, event: WorkflowEvent) -> bool:
+    if item.expect_failure:
+        return event.kind is EventKind.FAILED
+    if event.kind is not EventKind.COMPLETED or not isinstance(event.output, dict):
+        return False
+    if item.kind == "document-review":
+        figures = event.output.get("figures")
+        return isinstance(figures, dict) and figures.get("numbers") == item.expect
+    assert isinstance(item.expect, dict)
+    return all(event.output.get(k) == v for k, v in item.expect.items())
+
+
+@dataclass
+class Progress:
+    total: int
+    started: float = field(default_factory=time.monotonic)
+    counts: Counter[str] = field(default_factory=Counter)
+    last_line: float = 0.0
+
+    def update(self, final: bool = False) -> None:
+        done = sum(self.counts.values())
+        rate = done / max(1e-3, time.monotonic() - self.started)
+        width = 30
+        filled = int(width * done / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        line = (
+            f"  [{bar}] {done:>4}/{self.total}  completed {self.counts['COMPLETED']:>4}  "
+            f"failed {self.counts['FAILED']:>3}  rejected {self.counts['REJECTED']:>2}  "
+            f"{rate:6.1f} wf/s"
+        )
+        if sys.stderr.isatty():
+            print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
+        elif final or time.monotonic() - self.last_line >= 2:
+            print(line, file=sys.stderr, flush=True)
+            self.last_line = time.monotonic()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def print_summary(
+    workload: dict[str, DemoWorkflow], outcomes: dict[str, WorkflowEvent], elapsed_s: float
+) -> None:
+    rows: dict[str, list[WorkflowEvent]] = {}
+    for workflow_id, item in workload.items():
+        if workflow_id in outcomes:
+            rows.setdefault(item.kind, []).append(outcomes[workflow_id])
+    print()
+    print(f"{'workflow':20}{'runs':>6}{'completed':>11}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    every = [event for events in rows.values() for event in events]
+    for kind, events in [*sorted(rows.items()), ("total", every)]:
+        latencies = [float(e.at_ms - (e.submitted_at_ms or e.at_ms)) for e in events]
+        kinds = Counter(e.kind.value for e in events)
+        print(
+            f"{kind:20}{len(events):>6}{kinds['COMPLETED']:>11}"
+            f"{kinds['FAILED'] + kinds['REJECTED']:>8}"
+            f"{statistics.median(latencies) if latencies else 0:>9.0f}"
+            f"{_percentile(latencies, 0.99):>9.0f}"
+        )
+    correct = sum(output_matches(workload[w], e) for w, e in outcomes.items())
+    print(
+        f"\nthroughput {len(outcomes) / elapsed_s:.1f} workflows/s over {elapsed_s:.1f} s; "
+        f"outputs checked against expectations: {correct}/{len(outcomes)} correct"
+    )
+    failures = Counter(
+        e.error.type for e in outcomes.values() if e.kind is EventKind.FAILED and e.error
+    )
+    if failures:
+        print("failure causes: " + ", ".join(f"{n} x {t}" for t, n in failures.items()))
+    sample = next(
+        (
+            (w, e)
+            for w, e in outcomes.items()
+            if workload[w].kind == "incident-response" and e.kind is EventKind.COMPLETED
+        ),
+        None,
+    )
+    if sample is not None:
+        print(f"\nsample result ({sample[0]}, incident-response):")
+        print(json.dumps(sample[1].output, indent=2))
+
+
+def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False) -> int:
+    local = LocalKafka(settings)
+    started_broker = False
+    if not settings.bootstrap_servers:
+        started_broker = local.status() is None
+        print("starting the local Apache Kafka broker (first run fetches it)...", file=sys.stderr)
+        settings = settings.with_bootstrap(local.start())
+    # A fresh topic namespace per run: no leftovers from an earlier demo are counted.
+    settings = settings.model_copy(update={"topic_prefix": f"demo-{uuid.uuid4().hex[:6]}."})
+    log_dir = settings.kafka_run_dir.parent / "demo-logs" / settings.topic_prefix.rstrip(".")
+    try:
+        return _run(settings, workflows, log_dir)
+    finally:
+        if started_broker and not keep_broker:
+            print("stopping the local broker", file=sys.stderr)
+            local.stop()
+
+
+def _run(settings: Settings, count: int, log_dir: Path) -> int:
+    assert settings.bootstrap_servers
+    admin = KafkaClients(settings, settings.bootstrap_servers, role="demo").admin()
+    wait_for_broker(admin)
+    topology = Topology.load(settings.topology_file)
+    apply_topics(
+        admin,
+        topology,
+        desired_topics(topology, Topics(settings.topic_prefix), topology.capabilities),
+    )
+    print(f"broker {settings.bootstrap_servers}; process logs in {log_dir}", file=sys.stderr)
+    with Supervisor(settings, log_dir) as supervisor:
+        supervisor.start("orchestrator", ["orchestrator"])
+        for n in range(1, WORKER_POOLS + 1):
+            supervisor.start(
+                f"worker-{n}",
+                ["worker", "--app", "workers.examples:app", "--concurrency", str(CONCURRENCY)],
+            )
+        client = FleetClient(settings, role="demo")
+        consumer = client.event_consumer(from_beginning=False)
+        workload = build_workload(count)
+        print(
+            f"submitting {count} workflows ({', '.join(sorted({w.kind for w in workload}))}) "
+            f"to {WORKER_POOLS} worker pools x {CONCURRENCY} concurrency",
+            file=sys.stderr,
+        )
+        started = time.monotonic()
+        by_id = {client.submit(item.spec, flush=False): item for item in workload}
+        client.flush()
+        progress = Progress(total=count)
+        outcomes: dict[str, WorkflowEvent] = {}
+
+        def check_children() -> None:
+            progress.update()
+            for child in supervisor.dead():
+                raise FleetError(
+                    f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}"
+                )
+
+        for event in client.events(
+            consumer,
+            until=lambda _e: len(outcomes) == count,
+            timeout_s=WAIT_S,
+            on_idle=check_children,
+        ):
+            if event.kind.terminal and event.workflow_id in by_id:
+                outcomes[event.workflow_id] = event
+                progress.counts[event.kind.value] += 1
+                progress.update()
+        progress.update(final=True)
+        elapsed = time.monotonic() - started
+        consumer.close()
+        client.close()
+        print_summary(by_id, outcomes, elapsed)
+        missing = count - len(outcomes)
+        if missing:
+            print(f"\n{missing} workflows had no outcome within {WAIT_S:.0f} s", file=sys.stderr)
+            return 1
+        return 0
