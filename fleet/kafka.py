@@ -6,6 +6,7 @@ admin client by purpose and gets one configured for it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ class KafkaClients:
             "client.id": client_id(self.role),
             "socket.nagle.disable": True,
             "error_cb": _log_client_error,
+            "logger": _LIBRDKAFKA_LOG,
             **self.settings.client_config,
         }
 
@@ -103,6 +105,18 @@ class KafkaClients:
 
     def admin(self) -> AdminClient:
         return AdminClient(self._base())
+
+
+class _ToStructlog(logging.Handler):
+    """librdkafka's own log lines, as structured log events instead of raw stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(record.levelno, record.getMessage(), source="librdkafka")
+
+
+_LIBRDKAFKA_LOG = logging.getLogger("fleet.librdkafka")
+_LIBRDKAFKA_LOG.addHandler(_ToStructlog())
+_LIBRDKAFKA_LOG.propagate = False
 
 
 def _log_client_error(err: KafkaError) -> None:
@@ -212,6 +226,14 @@ def produce(
     attempts: int = 50,
 ) -> None:
     """Enqueue one record; when the local queue is full, serve callbacks and try again."""
+    try:
+        # The common case, kept off tenacity's machinery (a hot path: every record).
+        producer.produce(
+            topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+        )
+        return
+    except BufferError:
+        pass
 
     @retry(
         retry=retry_if_exception_type(BufferError),

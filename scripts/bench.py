@@ -37,6 +37,19 @@ from fleet.supervisor import Supervisor, child_env
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
 
 PARTITIONS = 6
+COLLECT_TIMEOUT_S = 180
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for the helper processes; one failing ends the benchmark at once."""
+    deadline = time.monotonic() + COLLECT_TIMEOUT_S + 30
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.returncode not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            raise SystemExit(f"benchmark process failed: {[p.args for p in failed]}")
+        time.sleep(0.2)
 
 
 def _clients(settings: Settings, role: str) -> KafkaClients:
@@ -52,13 +65,19 @@ def relay(settings: Settings, source: str, sink: str, count: int) -> None:
     seen = 0
     while seen < count:
         records = consumer.consume(500, timeout=0.5)
+        offsets = {}
         for record in records:
             if record.error() is None:
                 producer.produce(sink, key=record.key(), value=record.value())
+                offsets[record.partition()] = record.offset() + 1
                 seen += 1
-        if records:
+        if offsets:
+            # Like a worker: results durable first, then the inputs' offsets.
             producer.flush(30)
-            consumer.commit(asynchronous=False)
+            consumer.commit(
+                offsets=[TopicPartition(source, p, o) for p, o in offsets.items()],
+                asynchronous=False,
+            )
     consumer.close()
 
 
@@ -70,7 +89,7 @@ def collect(settings: Settings, topic: str, count: int, out: Path, events: bool)
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     latencies: list[float] = []
     first = last = 0.0
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + COLLECT_TIMEOUT_S
     while len(latencies) < count and time.monotonic() < deadline:
         for record in consumer.consume(500, timeout=0.5):
             if record.error() is not None:
@@ -131,8 +150,7 @@ def run_baseline(settings: Settings, count: int, work: Path) -> dict[str, float]
         producer.produce(source, key=str(i).encode(), value=value)
         producer.poll(0)
     producer.flush(60)
-    for proc in procs:
-        proc.wait(600)
+    _wait_all(procs)
     return _summary("baseline", start, out, count)
 
 
@@ -164,7 +182,7 @@ def run_platform(settings: Settings, count: int, work: Path) -> dict[str, float]
         for _ in range(count):
             client.submit(spec, flush=False)
         client.flush(60)
-        collector.wait(600)
+        _wait_all([collector])
         supervisor.stop_all()
     result = _summary("platform", start, out, count + 1)
     result["profile"] = str(profile)  # type: ignore[assignment]
