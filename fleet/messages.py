@@ -128,6 +128,8 @@ class DeadLetter(Message):
     source_offset: int
     key: bytes | None = None
     value: bytes | None = None
+    value_size: int | None = None
+    value_truncated: bool = False
     headers: list[Header] = []
     error_type: str
     error_message: str
