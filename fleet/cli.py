@@ -12,7 +12,7 @@ from pathlib import Path
 from fleet.client import FleetClient
 from fleet.demo import run_demo
 from fleet.errors import FleetError, SpecError
-from fleet.kafka import KafkaClients, resolve_bootstrap, wait_for_broker
+from fleet.kafka import KafkaClients, resolve_bootstrap
 from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
 from fleet.settings import Settings
@@ -132,8 +132,7 @@ def _kafka(action: str, settings: Settings) -> int:
 
 def _topics_apply(settings: Settings, extra: list[str]) -> int:
     topology = Topology.load(settings.topology_file)
-    admin = KafkaClients(settings, resolve_bootstrap(settings), role="admin").admin()
-    wait_for_broker(admin, timeout_s=15)
+    admin = KafkaClients(settings, resolve_bootstrap(settings), role="admin").ready_admin()
     wanted = desired_topics(topology, Topics(settings.topic_prefix), topology.capabilities + extra)
     reports = apply_topics(admin, topology, wanted)
     for report in reports:
@@ -156,6 +155,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             doc["input"] = json.loads(args.input)
         except json.JSONDecodeError as exc:
             raise SpecError([("--input", f"not valid JSON: {exc}")]) from exc
+    parse_spec(doc)  # the document itself first: a bad file needs no broker to be refused
     client = FleetClient(settings, role="submit")
     parse_spec(doc, has_capability=client.has_capability)  # raises SpecError: nothing sent
     consumer = client.event_consumer(from_beginning=False) if args.wait else None

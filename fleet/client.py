@@ -18,7 +18,6 @@ from fleet.kafka import (
     produce,
     resolve_bootstrap,
     retry_transient,
-    wait_for_broker,
 )
 from fleet.messages import WorkflowEvent, WorkflowSubmitted
 from fleet.settings import Settings
@@ -43,8 +42,7 @@ class FleetClient:
         self.topics = Topics(settings.topic_prefix)
         self.codec = Codec(SchemaStore(settings.schemas_dir))
         self.clients = KafkaClients(settings, resolve_bootstrap(settings), role=role)
-        self.admin = self.clients.admin()
-        wait_for_broker(self.admin, timeout_s=15)
+        self.admin = self.clients.ready_admin()
         self._producer = self.clients.producer()
 
     def has_capability(self, capability: str) -> bool:

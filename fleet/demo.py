@@ -21,7 +21,7 @@ from pydantic import JsonValue
 
 from fleet.client import FleetClient
 from fleet.errors import ConfigError, FleetError
-from fleet.kafka import KafkaClients, wait_for_broker
+from fleet.kafka import KafkaClients
 from fleet.localkafka import LocalKafka
 from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
@@ -212,8 +212,7 @@ def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False
 
 def _run(settings: Settings, count: int, log_dir: Path) -> int:
     assert settings.bootstrap_servers
-    admin = KafkaClients(settings, settings.bootstrap_servers, role="demo").admin()
-    wait_for_broker(admin)
+    admin = KafkaClients(settings, settings.bootstrap_servers, role="demo").ready_admin()
     topology = Topology.load(settings.topology_file)
     apply_topics(
         admin,

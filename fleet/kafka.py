@@ -106,6 +106,12 @@ class KafkaClients:
     def admin(self) -> AdminClient:
         return AdminClient(self._base())
 
+    def ready_admin(self) -> AdminClient:
+        """An admin client, once the cluster answers (within the connect timeout)."""
+        admin = self.admin()
+        wait_for_broker(admin, self.settings.connect_timeout_s, where=self.bootstrap)
+        return admin
+
 
 class _ToStructlog(logging.Handler):
     """librdkafka's own log lines, as structured log events instead of raw stderr."""
@@ -127,15 +133,15 @@ def _log_client_error(err: KafkaError) -> None:
         log.warning("kafka client error; librdkafka retries", error=str(err))
 
 
-def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0) -> None:
+def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0, where: str = "") -> None:
     """Block until the cluster answers a metadata request, retrying with backoff."""
 
     @retry(
         retry=retry_if_exception_type(KafkaException),
         wait=wait_exponential(multiplier=0.2, max=2.0),
         stop=stop_after_delay(timeout_s),
-        before_sleep=lambda state: log.warning(
-            "broker not answering yet; retrying", attempt=state.attempt_number
+        before_sleep=lambda state: log.info(
+            "broker not answering yet; retrying", attempt=state.attempt_number, where=where
         ),
     )
     def _probe() -> None:
@@ -145,8 +151,9 @@ def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0) -> None:
         _probe()
     except RetryError as exc:
         raise BrokerError(
-            f"Kafka at {admin} did not answer within {timeout_s:.0f} s: "
-            f"{exc.last_attempt.exception()}; check KAFKA_BOOTSTRAP_SERVERS or `fleet kafka status`"
+            f"Kafka {where or 'cluster'} did not answer within {timeout_s:g} s "
+            f"({exc.last_attempt.exception()}); check KAFKA_BOOTSTRAP_SERVERS or "
+            "`fleet kafka status`"
         ) from exc
 
 

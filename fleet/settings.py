@@ -47,6 +47,7 @@ class Settings(BaseModel):
     kafka_run_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "state" / "fleet" / "kafka"
     )
+    connect_timeout_s: float = Field(default=15.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 
@@ -63,6 +64,7 @@ class Settings(BaseModel):
             "FLEET_KAFKA_HOME": "kafka_run_dir",
             "FLEET_LOG_FORMAT": "log_format",
             "FLEET_LOG_LEVEL": "log_level",
+            "FLEET_CONNECT_TIMEOUT": "connect_timeout_s",
         }
         for var, field in simple.items():
             if env.get(var):

@@ -29,7 +29,6 @@ from fleet.kafka import (
     headers_for,
     produce,
     resolve_bootstrap,
-    wait_for_broker,
 )
 from fleet.messages import TaskResult, WorkflowSubmitted
 from fleet.metrics import LATENCY_BUCKETS, serve_metrics
@@ -273,8 +272,7 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     clients = KafkaClients(settings, resolve_bootstrap(settings), role="orchestrator")
-    admin = clients.admin()
-    wait_for_broker(admin)
+    admin = clients.ready_admin()
     topology = Topology.load(settings.topology_file)
     topics = Topics(settings.topic_prefix)
     for report in apply_topics(admin, topology, desired_topics(topology, topics, [])):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.client import FleetClient
 from fleet.messages import DeadLetter, EventKind, WorkflowEvent
@@ -29,6 +32,27 @@ class Fleet:
     settings: Settings
     client: FleetClient
     supervisor: Supervisor
+    metrics_port: int
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The orchestrator's Prometheus samples, by name and labels."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+                ) as response:
+                    text = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def run(self, spec: dict[str, object], workflow_id: str | None = None) -> WorkflowEvent:
         return self.run_many([spec])[0]
@@ -77,14 +101,17 @@ def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     assert applied.returncode == 0, applied.stderr
     assert "created" in applied.stdout
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = int(sock.getsockname()[1])
     with Supervisor(settings, log_dir) as supervisor:
-        supervisor.start("orchestrator", ["orchestrator"])
+        supervisor.start("orchestrator", ["orchestrator", "--metrics-port", str(metrics_port)])
         for n in (1, 2):
             supervisor.start(
                 f"worker-{n}", ["worker", "--app", "workers.examples:app", "--concurrency", "8"]
             )
         client = FleetClient(settings, role="test")
-        yield Fleet(settings, client, supervisor)
+        yield Fleet(settings, client, supervisor, metrics_port)
         client.close()
         codes = supervisor.stop_all()
         logs = {c.name: c.log_tail() for c in supervisor.children}
@@ -293,3 +320,25 @@ def test_cli_rejects_an_invalid_file_before_producing(fleet: Fleet, tmp_path: Pa
     assert done.stdout == ""
     assert "invalid workflow" in done.stderr and "cycle" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_orchestrator_metrics_count_exactly_what_ran(fleet: Fleet) -> None:
+    noop_ = (("capability", "noop"),)
+    before = fleet.metrics()
+    spec = {
+        "name": "metered",
+        "steps": [noop("a", {}), noop("b", {}, ["a"]), noop("c", {"fail": "permanent"}, ["b"])],
+    }
+    assert fleet.run(spec).kind is EventKind.FAILED
+    after = fleet.metrics()
+
+    def delta(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    assert delta("fleet_tasks_dispatched_total", noop_) == 3
+    assert delta("fleet_tasks_completed_total", noop_) == 2
+    assert delta("fleet_tasks_failed_total", noop_) == 1
+    assert delta("fleet_task_latency_seconds_count", noop_) == 3
+    assert delta("fleet_workflow_latency_seconds_count", (("outcome", "failed"),)) == 1
+    assert after[("fleet_tasks_in_flight", ())] == 0
+    assert after[("fleet_workflows_active", ())] == 0
