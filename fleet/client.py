@@ -7,7 +7,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupState,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from pydantic import JsonValue
 
 from fleet.codec import Codec, SchemaStore
@@ -49,6 +56,28 @@ class FleetClient:
         name = self.topics.tasks(capability)
         topic = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
         return topic is not None and topic.error is None
+
+    def wait_for_pools(self, capabilities: Iterable[str], members: int, timeout_s: float) -> None:
+        """Block until each capability's worker group is stable with ``members`` members,
+        each holding partitions, so that work submitted next is spread from the start."""
+        groups = [f"{self.settings.topic_prefix}workers.{cap}" for cap in capabilities]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pending = []
+            for group, future in self.admin.describe_consumer_groups(groups).items():
+                try:
+                    description = future.result()
+                except KafkaException:
+                    pending.append(group)
+                    continue
+                holding = [m for m in description.members if m.assignment.topic_partitions]
+                if description.state != ConsumerGroupState.STABLE or len(holding) < members:
+                    pending.append(group)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"worker groups not ready within {timeout_s:.0f} s: {pending}")
+            time.sleep(0.2)
 
     def submit(self, spec: JsonValue, workflow_id: str | None = None, *, flush: bool = True) -> str:
         """Produce one WorkflowSubmitted; the caller validates the spec (or it is rejected)."""

@@ -228,6 +228,8 @@ def _run(settings: Settings, count: int, log_dir: Path) -> int:
                 ["worker", "--app", "workers.examples:app", "--concurrency", str(CONCURRENCY)],
             )
         client = FleetClient(settings, role="demo")
+        print(f"waiting for {WORKER_POOLS} worker pools to join their groups", file=sys.stderr)
+        client.wait_for_pools(topology.capabilities, WORKER_POOLS, timeout_s=60)
         consumer = client.event_consumer(from_beginning=False)
         workload = build_workload(count)
         print(

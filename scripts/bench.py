@@ -171,6 +171,7 @@ def run_platform(settings: Settings, count: int, work: Path) -> dict[str, float]
             "--events",
         )
         client = FleetClient(settings, role="bench")
+        client.wait_for_pools(["noop"], 1, timeout_s=60)
         # Warm-up: the first workflow pays for group joins and metadata.
         warm = client.event_consumer(from_beginning=False)
         wid = client.submit({"name": "warm", "steps": [{"id": "a", "capability": "noop"}]})

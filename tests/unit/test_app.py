@@ -18,8 +18,9 @@ import workers
 from fleet.errors import ConfigError, PermanentError, RetryableError
 from fleet.messages import TaskAssigned, TaskStatus
 from workers import App, TaskContext
-from workers.app import Capability, HandlerThreads, Outcome, execute, load_app
+from workers.app import Capability, load_app
 from workers.examples import app as examples
+from workers.execute import HandlerThreads, Outcome, execute
 
 pytestmark = pytest.mark.unit
 
