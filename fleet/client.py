@@ -63,16 +63,22 @@ class FleetClient:
         groups = [f"{self.settings.topic_prefix}workers.{cap}" for cap in capabilities]
         deadline = time.monotonic() + timeout_s
         while True:
-            pending = []
-            for group, future in self.admin.describe_consumer_groups(groups).items():
+            pending: dict[str, str] = {}
+            # A short request timeout: on a fresh broker the first answers wait for the
+            # group coordinator to load, and the loop should ask again, not hang.
+            described = self.admin.describe_consumer_groups(groups, request_timeout=5)
+            for group, future in described.items():
                 try:
                     description = future.result()
-                except KafkaException:
-                    pending.append(group)
+                except KafkaException as exc:
+                    pending[group] = str(exc)
                     continue
                 holding = [m for m in description.members if m.assignment.topic_partitions]
                 if description.state != ConsumerGroupState.STABLE or len(holding) < members:
-                    pending.append(group)
+                    pending[group] = (
+                        f"{description.state.name}, {len(holding)} of {members} members "
+                        "holding partitions"
+                    )
             if not pending:
                 return
             if time.monotonic() > deadline:
