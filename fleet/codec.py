@@ -149,12 +149,20 @@ class Codec:
 
     def decode(self, data: bytes | None, cls: type[M], *, record: Any = None) -> M:
         """Decode ``data`` as ``cls`` or raise :class:`DecodeError` saying why."""
+        return self.decode_any(data, (cls,), record=record)
+
+    def decode_any(
+        self, data: bytes | None, classes: tuple[type[M], ...], *, record: Any = None
+    ) -> M:
+        """Decode ``data`` as whichever of ``classes`` its writer schema names."""
         if not data:
             raise DecodeError("empty record value", record=record)
         writer = self._writer_schema(data, record)
-        if writer.name != cls.schema_name:
+        cls = next((c for c in classes if c.schema_name == writer.name), None)
+        if cls is None:
+            expected = " or ".join(c.schema_name for c in classes)
             raise DecodeError(
-                f"expected {cls.schema_name}, got {writer.name} v{writer.version}", record=record
+                f"expected {expected}, got {writer.name} v{writer.version}", record=record
             )
         reader = self.store.schema_for(cls.schema_name)
         body = io.BytesIO(data[10:])

@@ -30,6 +30,15 @@ class WorkflowSubmitted(Message):
     submitted_by: str | None = None
 
 
+class WorkflowCancelRequested(Message):
+    schema_name: ClassVar[str] = "io.fleet.WorkflowCancelRequested"
+
+    workflow_id: str
+    reason: str = ""
+    requested_by: str | None = None
+    requested_at_ms: int
+
+
 class TaskAssigned(Message):
     schema_name: ClassVar[str] = "io.fleet.TaskAssigned"
     json_fields: ClassVar[tuple[str, ...]] = ("input",)
@@ -84,10 +93,16 @@ class EventKind(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
 
     @property
     def terminal(self) -> bool:
-        return self in (EventKind.COMPLETED, EventKind.FAILED, EventKind.REJECTED)
+        return self in (
+            EventKind.COMPLETED,
+            EventKind.FAILED,
+            EventKind.REJECTED,
+            EventKind.CANCELLED,
+        )
 
 
 class WorkflowError(BaseModel):

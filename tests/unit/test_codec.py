@@ -31,6 +31,7 @@ from fleet.messages import (
     TaskError,
     TaskResult,
     TaskStatus,
+    WorkflowCancelRequested,
     WorkflowError,
     WorkflowEvent,
     WorkflowSubmitted,
@@ -149,6 +150,15 @@ def test_dead_letter_round_trips_raw_bytes(value: bytes, key: bytes | None) -> N
     assert CODEC.decode(CODEC.encode(message), DeadLetter) == message
 
 
+VALID_TASK = TaskAssigned(
+    task_id="t",
+    workflow_id="w",
+    step_id="s",
+    capability="c",
+    attempt=1,
+    input={},
+    dispatched_at_ms=1,
+)
 VALID = CODEC.encode(WorkflowEvent(workflow_id="w", kind=EventKind.COMPLETED, at_ms=1))
 
 
@@ -251,3 +261,18 @@ def test_compatibility_check_rejects_a_removed_field_without_a_default(tmp_path:
 def test_a_store_without_schemas_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="no Avro schemas found"):
         SchemaStore(tmp_path)
+
+
+def test_decode_any_picks_the_type_the_writer_named() -> None:
+    cancel = WorkflowCancelRequested(workflow_id="w", reason="user", requested_at_ms=3)
+    submit = WorkflowSubmitted(workflow_id="w", spec={"name": "x"}, submitted_at_ms=1)
+    either = (WorkflowSubmitted, WorkflowCancelRequested)
+    assert CODEC.decode_any(CODEC.encode(cancel), either) == cancel
+    assert CODEC.decode_any(CODEC.encode(submit), either) == submit
+    with pytest.raises(
+        DecodeError, match=r"or io\.fleet\.WorkflowCancelRequested, got io\.fleet\.TaskAssigned"
+    ):
+        CODEC.decode_any(
+            CODEC.encode(VALID_TASK),
+            either,
+        )
