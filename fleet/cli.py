@@ -6,11 +6,26 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fleet.client import FleetClient
 from fleet.demo import run_demo
+from fleet.dlq import (
+    DeadLetterOffice,
+    Entry,
+    LetterFilter,
+    LetterId,
+    Marker,
+    RedriveReport,
+    decode_known,
+    hexdump,
+    iso_ms,
+    parse_id,
+    parse_since,
+    printable,
+)
 from fleet.errors import FleetError, SpecError
 from fleet.kafka import KafkaClients, resolve_bootstrap
 from fleet.localkafka import LocalKafka
@@ -50,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    cancel = sub.add_parser("cancel", help="cancel a running workflow")
+    cancel.add_argument("workflow_id")
+    cancel.add_argument("--reason", default="", help="recorded with the cancellation")
+    cancel.add_argument("--wait", action="store_true", help="wait for the terminal event")
+    cancel.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+
+    dlq = sub.add_parser("dlq", help="list, show and redrive dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="one line per dead letter (bounded read)")
+    _filter_args(dlq_list)
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dlq_show = dlq_sub.add_parser("show", help="everything in one dead letter")
+    dlq_show.add_argument("id", type=_arg(parse_id), help="PARTITION:OFFSET, as listed")
+    redrive = dlq_sub.add_parser(
+        "redrive", help="re-inject dead letters onto their source topic, once each"
+    )
+    _filter_args(redrive)
+    redrive.add_argument(
+        "--id", dest="ids", action="append", type=_arg(parse_id), default=[], help="repeatable"
+    )
+    redrive.add_argument("--dry-run", action="store_true", help="list, inject nothing")
+
     orch = sub.add_parser("orchestrator", help="run an orchestrator instance")
     _metrics_args(orch)
 
@@ -63,6 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workflows", type=int, default=240)
     demo.add_argument("--keep-broker", action="store_true", help="leave the local broker up")
     return parser
+
+
+def _arg(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` whose ValueError message reaches the user as it is."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return convert
+
+
+def _filter_args(parser: argparse.ArgumentParser) -> None:
+    now_ms = int(time.time() * 1000)
+    parser.add_argument(
+        "--since", type=_arg(lambda t: parse_since(t, now_ms)), help="10m, 2h, 1d or an ISO time"
+    )
+    parser.add_argument(
+        "--topic", action="append", default=[], help="source topic (repeatable; prefix optional)"
+    )
+    parser.add_argument("--error-type", action="append", default=[], help="e.g. DecodeError")
 
 
 def _metrics_args(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +156,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR
         return _submit(args, settings)
     if command == "tail":
         return _tail(args, settings)
+    if command == "cancel":
+        return _cancel(args, settings)
+    if command == "dlq":
+        return _dlq(args, settings)
     if command == "orchestrator":
         return run_orchestrator(
             settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host
@@ -194,6 +258,148 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         consumer.close()
     return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    client = FleetClient(settings, role="cancel")
+    consumer = client.event_consumer(from_beginning=False) if args.wait else None
+    client.cancel(args.workflow_id, args.reason)
+    if consumer is None:
+        print(args.workflow_id)
+        return EXIT_OK
+    print(args.workflow_id, file=sys.stderr)
+    outcome = client.wait(consumer, [args.workflow_id], args.timeout).get(args.workflow_id)
+    consumer.close()
+    if outcome is None:
+        print(
+            f"fleet: no terminal event for {args.workflow_id} within {args.timeout:.0f} s "
+            "(unknown, or it ended before the cancel)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(outcome.model_dump_json())
+    return EXIT_OK if outcome.kind.value == "CANCELLED" else EXIT_FAILED
+
+
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    office = DeadLetterOffice(settings)
+    if args.dlq_command == "show":
+        return _dlq_show(office, args.id)
+    flt = LetterFilter(
+        topics=frozenset(args.topic),
+        error_types=frozenset(args.error_type),
+        since_ms=args.since,
+        ids=frozenset(getattr(args, "ids", [])),
+        prefix=settings.topic_prefix,
+    )
+    if args.dlq_command == "redrive":
+        report = office.redrive(flt, dry_run=args.dry_run)
+        _print_report(report)
+        return EXIT_OK
+    try:
+        _dlq_list(office, flt, as_json=args.json)
+    except BrokenPipeError:  # `fleet dlq list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+    return EXIT_OK
+
+
+def _dlq_list(office: DeadLetterOffice, flt: LetterFilter, *, as_json: bool) -> None:
+    done = office.markers()
+    if not as_json:
+        print(f"{'ID':10} {'TIME (UTC)':24} {'SOURCE':40} {'ERROR':16} REDRIVEN  MESSAGE")
+    for entry in office.entries():
+        if flt.matches(entry):
+            marker = done.get(str(entry.id))
+            _print_entry(entry, marker if marker and marker.covers(entry) else None, as_json)
+
+
+def _print_entry(entry: Entry, marker: Marker | None, as_json: bool) -> None:
+    letter = entry.letter
+    if as_json:
+        doc: dict[str, object] = {"id": str(entry.id), "redriven": marker is not None}
+        if marker is not None:
+            doc["redriven_at"] = iso_ms(marker.at_ms)
+        if letter is None:
+            doc["undecodable"] = entry.problem
+        else:
+            doc.update(
+                letter.model_dump(mode="json", exclude={"key", "value", "headers"}),
+                at=iso_ms(letter.at_ms),
+                key=printable(letter.key),
+            )
+        print(json.dumps(doc), flush=True)
+        return
+    redriven = "yes" if marker is not None else "no"
+    if letter is None:
+        print(
+            f"{entry.id!s:10} {'?':24} {'?':40} {'(undecodable)':16} {redriven:9} {entry.problem}"
+        )
+        return
+    message = letter.error_message.replace("\n", " ")
+    message = message if len(message) <= 80 else message[:79] + "…"
+    print(
+        f"{entry.id!s:10} {iso_ms(letter.at_ms):24} {entry.source:40} {letter.error_type:16} "
+        f"{redriven:9} {message}",
+        flush=True,
+    )
+
+
+def _dlq_show(office: DeadLetterOffice, letter_id: LetterId) -> int:
+    found = office.get(letter_id)
+    if found is None:
+        print(f"fleet: no dead letter {letter_id} in {office.topics.dead_letters}", file=sys.stderr)
+        return EXIT_FAILED
+    entry, dlq_headers = found
+    marker = office.markers().get(str(letter_id))
+    marker = marker if marker is not None and marker.covers(entry) else None
+    print(f"id:          {letter_id}")
+    print(f"redriven:    {f'yes, at {iso_ms(marker.at_ms)} by {marker.by}' if marker else 'no'}")
+    print("record headers:")
+    for key, value in dlq_headers:
+        print(f"  {key}: {printable(value)}")
+    letter = entry.letter
+    if letter is None:
+        print(f"undecodable dead letter: {entry.problem}")
+        return EXIT_OK
+    print(f"source:      {entry.source}")
+    print(f"time:        {iso_ms(letter.at_ms)}")
+    print(f"consumer:    {letter.consumer}")
+    print(f"error type:  {letter.error_type}")
+    print(f"error:       {letter.error_message}")
+    print(f"key:         {printable(letter.key)}")
+    size = "null" if letter.value_size is None else f"{letter.value_size} bytes"
+    print(
+        f"value:       {size}"
+        + (" (truncated in the dead letter)" if letter.value_truncated else "")
+    )
+    print("headers:")
+    for header in letter.headers:
+        print(f"  {header.key}: {printable(header.value)}")
+    if letter.value is not None:
+        print(hexdump(letter.value))
+        decoded = decode_known(office.codec, letter.value)
+        if isinstance(decoded, str):
+            print(f"decoded:     none ({decoded})")
+        else:
+            print(f"decoded as {type(decoded).__name__}:")
+            print(json.dumps(decoded.model_dump(), indent=2, default=_bytes_as_text))
+    return EXIT_OK
+
+
+def _bytes_as_text(value: object) -> object:
+    return printable(value) if isinstance(value, bytes) else str(value)
+
+
+def _print_report(report: RedriveReport) -> None:
+    verb = "would redrive" if report.dry_run else "redriven"
+    for entry in report.redriven:
+        print(f"{verb} {entry.id} -> {entry.letter.source_topic if entry.letter else '?'}")
+    for entry, reason in report.refused:
+        print(f"fleet: cannot redrive {entry.id}: {reason}", file=sys.stderr)
+    print(
+        f"{verb} {len(report.redriven)}, skipped {len(report.already)} already redriven"
+        + (f", refused {len(report.refused)}" if report.refused else "")
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from fleet.kafka import (
     resolve_bootstrap,
     retry_transient,
 )
-from fleet.messages import WorkflowEvent, WorkflowSubmitted
+from fleet.messages import WorkflowCancelRequested, WorkflowEvent, WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import new_traceparent
@@ -108,6 +108,31 @@ class FleetClient:
         if errors:
             raise BrokerError(f"workflow {workflow_id} was not accepted by Kafka: {errors[0]}")
         return workflow_id
+
+    def cancel(self, workflow_id: str, reason: str = "") -> None:
+        """Ask the orchestrator owning ``workflow_id`` to cancel it.
+
+        Keyed by workflow_id onto the requests topic, like the submission: same partition,
+        so the owner sees the two in order. Returns once Kafka has the request.
+        """
+        request = WorkflowCancelRequested(
+            workflow_id=workflow_id,
+            reason=reason,
+            requested_by=self.clients.role,
+            requested_at_ms=int(time.time() * 1000),
+        )
+        errors: list[str] = []
+        produce(
+            self._producer,
+            self.topics.requests,
+            self.codec.encode(request),
+            key=workflow_id,
+            headers=headers_for(request, new_traceparent()),
+            on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+        )
+        self.flush()
+        if errors:
+            raise BrokerError(f"cancel of {workflow_id} was not accepted by Kafka: {errors[0]}")
 
     def flush(self, timeout_s: float = 30) -> None:
         if self._producer.flush(timeout_s):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import fastavro
 from fastavro.schema import parse_schema, to_parsing_canonical_form
@@ -30,6 +30,7 @@ CONFLUENT_MAGIC = 0
 CONTENT_TYPE = "application/vnd.apache.avro+binary"
 
 M = TypeVar("M", bound=Message)
+N = TypeVar("N", bound=Message)
 
 _RABIN_EMPTY = 0xC15D213AA4D7A795
 
@@ -151,9 +152,19 @@ class Codec:
         """Decode ``data`` as ``cls`` or raise :class:`DecodeError` saying why."""
         return self.decode_any(data, (cls,), record=record)
 
+    @overload
     def decode_any(
-        self, data: bytes | None, classes: tuple[type[M], ...], *, record: Any = None
-    ) -> M:
+        self, data: bytes | None, classes: tuple[type[M]], *, record: Any = None
+    ) -> M: ...
+
+    @overload
+    def decode_any(
+        self, data: bytes | None, classes: tuple[type[M], type[N]], *, record: Any = None
+    ) -> M | N: ...
+
+    def decode_any(
+        self, data: bytes | None, classes: tuple[type[Message], ...], *, record: Any = None
+    ) -> Message:
         """Decode ``data`` as whichever of ``classes`` its writer schema names."""
         if not data:
             raise DecodeError("empty record value", record=record)

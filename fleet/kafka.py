@@ -84,6 +84,9 @@ class KafkaClients:
             # A few ms of batching: linger 0 floods the broker with tiny requests under load.
             "linger.ms": 5,
             "compression.type": "lz4",
+            # The Java clients' partitioner: a workflow's requests, results and state land
+            # on the same partition number whichever client produced them.
+            "partitioner": "murmur2_random",
             **overrides,
         }
         return Producer(config)

@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleet.errors import BrokerError, ConfigError
 
 CAPABILITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-REQUESTS, RESULTS, EVENTS, DEAD_LETTERS = (
+REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE = (
     "workflow.requests",
     "task.results",
     "workflow.events",
     "dead.letters",
+    "orchestrator.state",
 )
 TASKS_PREFIX = "tasks."
 
@@ -50,7 +51,7 @@ class Topology(BaseModel):
             topology = cls.model_validate(raw)
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             raise ConfigError(f"topology file {path} is invalid: {exc}") from exc
-        missing = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS} - topology.topics.keys()
+        missing = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE} - topology.topics.keys()
         if missing:
             raise ConfigError(f"topology file {path} lacks topics: {sorted(missing)}")
         counts = {topology.topics[t].partitions for t in topology.co_partitioned}
@@ -94,6 +95,10 @@ class Topics:
     @property
     def dead_letters(self) -> str:
         return self.prefix + DEAD_LETTERS
+
+    @property
+    def state(self) -> str:
+        return self.prefix + STATE
 
     def tasks(self, capability: str) -> str:
         return self.prefix + TASKS_PREFIX + check_capability(capability)
