@@ -1,4 +1,5 @@
-"""The control plane's pure core: workflow specs, ``$.`` references and the engine.
+"""The control plane's pure core: workflow specs, ``$.`` references and the engine
+(with its timers and the changelog records of its state).
 
 The Kafka shell (``orchestrator.service``) feeds the :class:`Engine` and produces the
 :class:`Effects` it returns; nothing here touches a broker.
@@ -8,6 +9,7 @@ from orchestrator.engine import (
     Effects,
     Engine,
     FinishedTask,
+    FinishedWorkflow,
     StepRun,
     TaskRun,
     WorkflowState,
@@ -25,20 +27,25 @@ from orchestrator.refs import (
     resolve,
 )
 from orchestrator.spec import StepSpec, WorkflowSpec, load_spec_file, parse_spec
+from orchestrator.timers import Timer, TimerKind, backoff_ms
 
 __all__ = [
     "Context",
     "Effects",
     "Engine",
     "FinishedTask",
+    "FinishedWorkflow",
     "Ref",
     "RefSyntaxError",
     "Root",
     "StepRun",
     "StepSpec",
     "TaskRun",
+    "Timer",
+    "TimerKind",
     "WorkflowSpec",
     "WorkflowState",
+    "backoff_ms",
     "find_refs",
     "is_ref",
     "load_spec_file",

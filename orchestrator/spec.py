@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fleet.errors import SpecError
 from orchestrator.refs import (
@@ -27,6 +35,9 @@ from orchestrator.refs import (
     json_kind,
     parse_ref,
 )
+from orchestrator.specfile import load_spec_file
+
+__all__ = ["TIMEOUT_MAX_S", "StepSpec", "WorkflowSpec", "load_spec_file", "parse_spec"]
 
 # Capabilities become Kafka topic names ``<prefix>tasks.<capability>`` (at most 249
 # characters), so names use the topic alphabet and leave room for the prefix.
@@ -52,6 +63,25 @@ class StepSpec(BaseModel):
     for_each: str | None = None
     retries: int = Field(default=0, ge=0)
     timeout_s: float = Field(default=300.0, gt=0, le=TIMEOUT_MAX_S, allow_inf_nan=False)
+    # Retry n waits min(max_backoff_s, backoff_s * 2**(n-1)) times a jitter in [0.5, 1];
+    # backoff_s 0 re-dispatches at once.
+    backoff_s: float = Field(default=1.0, ge=0, le=TIMEOUT_MAX_S, allow_inf_nan=False)
+    # validate_default: the default 60 must still be checked against a larger backoff_s.
+    max_backoff_s: float = Field(
+        default=60.0, ge=0, le=TIMEOUT_MAX_S, allow_inf_nan=False, validate_default=True
+    )
+
+    @field_validator("max_backoff_s")
+    @classmethod
+    def _not_below_backoff(cls, value: float, info: ValidationInfo) -> float:
+        backoff = info.data.get("backoff_s")  # absent when backoff_s itself was invalid
+        if isinstance(backoff, float) and value < backoff:
+            raise PydanticCustomError(
+                "backoff_order",
+                "must be at least backoff_s ({backoff_s}), got {value}",
+                {"backoff_s": backoff, "value": value},
+            )
+        return value
 
 
 class WorkflowSpec(BaseModel):
@@ -61,6 +91,8 @@ class WorkflowSpec(BaseModel):
     input: JsonValue = {}
     steps: list[StepSpec] = Field(min_length=1)
     output: JsonValue = None
+    # Measured from the request's submitted_at_ms; past it the workflow fails.
+    deadline_s: float | None = Field(default=None, gt=0, le=TIMEOUT_MAX_S, allow_inf_nan=False)
 
     def step(self, step_id: str) -> StepSpec:
         for step in self.steps:
@@ -99,38 +131,6 @@ def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = No
         raise SpecError(problems)
     assert spec is not None
     return spec
-
-
-def load_spec_file(path: str | Path) -> object:
-    """Read a spec document from a YAML or JSON file (YAML is a superset of JSON)."""
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([(where, f"cannot read file: {exc.strerror or exc}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError([(where, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
-    try:
-        doc = yaml.load(text, Loader=_JsonLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([(where, f"not valid YAML or JSON: {problem}")]) from exc
-    if doc is None:
-        raise SpecError([(where, "file is empty")])
-    return doc
-
-
-class _JsonLoader(yaml.SafeLoader):
-    """SafeLoader that keeps unquoted dates as strings, so every scalar is JSON."""
-
-
-_JsonLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
 
 
 def _label(position: int, raw_steps: list[Any]) -> str:

@@ -13,6 +13,7 @@ time goes.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pstats
@@ -31,10 +32,12 @@ from fleet.client import FleetClient
 from fleet.kafka import KafkaClients, resolve_bootstrap
 from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
-from fleet.messages import WorkflowEvent
+from fleet.messages import WorkflowEvent, WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.supervisor import Supervisor, child_env
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from orchestrator import changelog
+from orchestrator.engine import Engine
 
 PARTITIONS = 6
 COLLECT_TIMEOUT_S = 180
@@ -190,6 +193,41 @@ def run_platform(settings: Settings, count: int, work: Path) -> dict[str, float]
     return result
 
 
+def run_restore(settings: Settings, count: int) -> dict[str, float]:
+    """Restore time: ``count`` in-flight workflows' state read back from the changelog."""
+    engine = Engine(has_capability=lambda _cap: True)
+    spec = {
+        "name": "restore",
+        "steps": [
+            {"id": "a", "capability": "noop", "input": {"x": 1}},
+            {"id": "b", "capability": "noop", "needs": ["a"], "input": {"y": "$.steps.a.output"}},
+        ],
+    }
+    producer = _clients(settings, "bench-restore").producer()
+    topic = Topics(settings.topic_prefix).state
+    for i in range(count):
+        request = WorkflowSubmitted(workflow_id=f"wf-{i}", spec=spec, submitted_at_ms=i)
+        engine.submit(request, now_ms=1_000 + i)
+        for workflow_id, record in engine.take_changes().items():
+            producer.produce(topic, key=workflow_id, value=changelog.encode(record))
+            producer.poll(0)
+    producer.flush(120)
+    fresh = Engine(has_capability=lambda _cap: True)
+    started = time.monotonic()
+    restored = changelog.read_partitions(
+        _clients(settings, "bench-restore"), topic, range(PARTITIONS)
+    )
+    read_s = time.monotonic() - started
+    gc.disable()  # as the orchestrator does during a restore
+    for workflow_id, (_partition, record) in restored.items():
+        fresh.restore(workflow_id, record)
+    gc.enable()
+    total_s = time.monotonic() - started
+    if fresh.active != count:
+        raise SystemExit(f"restored {fresh.active} workflows, expected {count}")
+    return {"workflows": count, "read_s": read_s, "total_s": total_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd")
@@ -203,6 +241,9 @@ def main() -> None:
     c.add_argument("out", type=Path)
     c.add_argument("--events", action="store_true")
     parser.add_argument("-n", "--tasks", type=int, default=2000)
+    parser.add_argument(
+        "--restore", type=int, default=0, help="also time restoring N workflows' state"
+    )
     args = parser.parse_args()
 
     settings = Settings.from_env(os.environ)
@@ -250,6 +291,13 @@ def main() -> None:
                 f"{'platform / baseline':26}{ratio['tasks_per_s']:>10.2f}"
                 f"{ratio['p50_ms']:>10.2f}{ratio['p99_ms']:>10.2f}"
             )
+            if args.restore:
+                restore = run_restore(settings, args.restore)
+                print(
+                    f"\nrestore: {restore['workflows']:.0f} in-flight workflows from the "
+                    f"changelog in {restore['total_s']:.1f} s (reading {restore['read_s']:.1f} s, "
+                    f"{restore['workflows'] / restore['total_s']:.0f} workflows/s)"
+                )
             print("\nwhere the orchestrator's time goes (cProfile, top 15 by own time):")
             stats = pstats.Stats(str(platform["profile"]))
             stats.sort_stats("tottime").print_stats(15)

@@ -73,6 +73,8 @@ def test_the_example_parses_with_its_defaults(example: dict[str, Any]) -> None:
     assert enrich.needs == ["triage"]
     assert enrich.input == {"host": "$.item"}
     assert (enrich.retries, enrich.timeout_s) == (0, 300.0)
+    assert (enrich.backoff_s, enrich.max_backoff_s) == (1.0, 60.0)
+    assert parsed.deadline_s is None
     assert parsed.step("report").retries == 2
     assert parsed.output == "$.steps.report.output"
 
@@ -121,6 +123,41 @@ def test_negative_retries_and_non_positive_timeouts_are_rejected() -> None:
         ("steps[0] (id 'a').retries", "must be at least 0, got -1"),
         ("steps[1] (id 'b').timeout_s", "must be greater than 0.0, got 0"),
     ]
+
+
+def test_backoff_and_deadline_are_parsed() -> None:
+    parsed = parse_spec(
+        spec(step("a", retries=3, backoff_s=0.5, max_backoff_s=30), deadline_s=3600)
+    )
+    a = parsed.step("a")
+    assert (a.backoff_s, a.max_backoff_s, parsed.deadline_s) == (0.5, 30.0, 3600.0)
+    zero = parse_spec(spec(step("a", backoff_s=0, max_backoff_s=0))).step("a")
+    assert (zero.backoff_s, zero.max_backoff_s) == (0.0, 0.0)
+
+
+def test_max_backoff_below_backoff_is_rejected() -> None:
+    assert only_problem(spec(step("a", backoff_s=5, max_backoff_s=2))) == (
+        "steps[0] (id 'a').max_backoff_s",
+        "must be at least backoff_s (5.0), got 2.0",
+    )
+    # The default max_backoff_s (60) is checked too, so the fix is named.
+    assert only_problem(spec(step("a", backoff_s=120))) == (
+        "steps[0] (id 'a').max_backoff_s",
+        "must be at least backoff_s (120.0), got 60.0",
+    )
+
+
+def test_bad_backoffs_and_deadlines_are_rejected() -> None:
+    problems = problems_of(
+        spec(step("a", backoff_s=-1), step("b", max_backoff_s=float("nan")), deadline_s=0)
+    )
+    assert problems == [
+        ("steps[0] (id 'a').backoff_s", "must be at least 0.0, got -1"),
+        ("steps[1] (id 'b').max_backoff_s", "expected a finite number, got nan"),
+        ("deadline_s", "must be greater than 0.0, got 0"),
+    ]
+    where, why = only_problem(spec(step("a"), deadline_s="1h"))
+    assert (where, why) == ("deadline_s", 'expected a number, got a string ("1h")')
 
 
 def test_an_infinite_timeout_is_rejected() -> None:

@@ -1,0 +1,104 @@
+"""What the engine asks the shell to do, and the messages it builds for that."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import JsonValue
+
+from fleet.messages import EventKind, TaskAssigned, WorkflowError, WorkflowEvent
+from orchestrator.spec import StepSpec
+from orchestrator.state import TaskRun, WorkflowState
+
+
+@dataclass
+class FinishedTask:
+    """For metrics: one per task attempt that ended (result accepted, or timed out)."""
+
+    capability: str
+    latency_ms: int  # now_ms - dispatched_at_ms of that attempt
+    succeeded: bool
+
+
+@dataclass
+class Effects:
+    """What the shell must do after one input, in this order within each list."""
+
+    tasks: list[TaskAssigned] = field(default_factory=list)  # tasks.<capability>, key task_id
+    events: list[WorkflowEvent] = field(default_factory=list)  # workflow.events, key workflow_id
+    finished: list[FinishedTask] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # why an input was ignored
+
+
+def assign(workflow_id: str, step: StepSpec, task_id: str, run: TaskRun) -> TaskAssigned:
+    """The message dispatching ``run``'s current attempt."""
+    return TaskAssigned(
+        task_id=task_id,
+        workflow_id=workflow_id,
+        step_id=step.id,
+        capability=step.capability,
+        attempt=run.attempt,
+        index=run.index,
+        input=run.input,
+        deadline_ms=run.deadline_ms,
+        dispatched_at_ms=run.dispatched_at_ms,
+    )
+
+
+def event(
+    workflow_id: str,
+    kind: EventKind,
+    now_ms: int,
+    *,
+    workflow_name: str | None,
+    submitted_at_ms: int,
+    step_id: str | None = None,
+    output: JsonValue = None,
+    error: WorkflowError | None = None,
+) -> WorkflowEvent:
+    return WorkflowEvent(
+        workflow_id=workflow_id,
+        kind=kind,
+        workflow_name=workflow_name,
+        step_id=step_id,
+        output=output,
+        error=error,
+        submitted_at_ms=submitted_at_ms,
+        at_ms=now_ms,
+    )
+
+
+def state_event(
+    state: WorkflowState,
+    kind: EventKind,
+    now_ms: int,
+    *,
+    step_id: str | None = None,
+    output: JsonValue = None,
+    error: WorkflowError | None = None,
+) -> WorkflowEvent:
+    """An event of an accepted workflow (it carries the workflow's name and submit time)."""
+    return event(
+        state.workflow_id,
+        kind,
+        now_ms,
+        workflow_name=state.spec.name,
+        submitted_at_ms=state.submitted_at_ms,
+        step_id=step_id,
+        output=output,
+        error=error,
+    )
+
+
+def deadline_error(state: WorkflowState) -> WorkflowError:
+    assert state.spec.deadline_s is not None
+    return WorkflowError(
+        type="DeadlineExceeded",
+        message=f"workflow not finished within its deadline of "
+        f"{seconds(state.spec.deadline_s)} s (due at {state.deadline_ms})",
+    )
+
+
+def seconds(value: float) -> str:
+    """30.0 -> '30', 2.5 -> '2.5': durations as people write them."""
+    return str(int(value)) if value.is_integer() else str(value)

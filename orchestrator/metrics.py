@@ -1,0 +1,65 @@
+"""The orchestrator's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fleet.metrics import LATENCY_BUCKETS
+from orchestrator.engine import Effects
+
+
+class OrchestratorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dispatched = Counter(
+            "fleet_tasks_dispatched", "Task attempts dispatched", ["capability"], registry=registry
+        )
+        self.completed = Counter(
+            "fleet_tasks_completed",
+            "Task attempts that succeeded",
+            ["capability"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            "fleet_tasks_failed", "Task attempts that failed", ["capability"], registry=registry
+        )
+        self.in_flight = Gauge(
+            "fleet_tasks_in_flight", "Dispatched attempts without a result", registry=registry
+        )
+        self.task_latency = Histogram(
+            "fleet_task_latency_seconds",
+            "Dispatch to accepted result, per capability",
+            ["capability"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.workflow_latency = Histogram(
+            "fleet_workflow_latency_seconds",
+            "Submission to terminal event",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.workflows_active = Gauge(
+            "fleet_workflows_active", "Workflows held in memory", registry=registry
+        )
+        self.dead_letters = Counter(
+            "fleet_dead_letters", "Records sent to dead letters", ["topic"], registry=registry
+        )
+        self.dropped = Counter(
+            "fleet_inputs_dropped", "Duplicate, stale or unknown inputs ignored", registry=registry
+        )
+
+    def record(self, effects: Effects, in_flight: int, active: int) -> None:
+        for task in effects.tasks:
+            self.dispatched.labels(task.capability).inc()
+        for done in effects.finished:
+            (self.completed if done.succeeded else self.failed).labels(done.capability).inc()
+            self.task_latency.labels(done.capability).observe(done.latency_ms / 1000)
+        for event in effects.events:
+            if event.kind.terminal and event.submitted_at_ms is not None:
+                self.workflow_latency.labels(event.kind.value.lower()).observe(
+                    max(0, event.at_ms - event.submitted_at_ms) / 1000
+                )
+        self.dropped.inc(len(effects.dropped))
+        self.in_flight.set(in_flight)
+        self.workflows_active.set(active)

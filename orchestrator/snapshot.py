@@ -1,0 +1,181 @@
+"""Workflow state as changelog records (JSON-able, versioned) and back.
+
+A record is the whole state of one workflow, keyed by its id in the changelog topic:
+
+- active: ``{"v": 1, "state": "active", "spec", "submitted_at_ms", "outputs",
+  "running", "tasks"}`` (spec as its JSON document; each task with its attempt,
+  dispatch time, deadline and scheduled retry);
+- finished: ``{"v": 1, "state": "finished", "kind", "at_ms"}``.
+
+Timers and the in-flight count are not stored: both follow from the state. ``decode``
+validates a record fully, so a corrupt or foreign record fails alone with a
+:class:`~fleet.errors.DecodeError` instead of breaking the engine later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from fleet.errors import DecodeError
+from fleet.messages import EventKind
+from orchestrator.spec import WorkflowSpec
+from orchestrator.state import FinishedWorkflow, StepRun, TaskRun, WorkflowState
+
+VERSION = 1
+
+# The returned records share JSON values (inputs, outputs, the spec document) with the
+# live state; the engine never mutates those, and the shell only encodes them.
+
+
+def encode_active(state: WorkflowState) -> dict[str, JsonValue]:
+    if state.spec_doc is None:
+        state.spec_doc = state.spec.model_dump(mode="json")
+    running: dict[str, JsonValue] = {
+        step_id: {
+            "task_ids": list(run.task_ids),
+            "remaining": run.remaining,
+            "fan_out": run.fan_out,
+        }
+        for step_id, run in state.running.items()
+    }
+    tasks: dict[str, JsonValue] = {
+        task_id: {
+            "step_id": run.step_id,
+            "index": run.index,
+            "attempt": run.attempt,
+            "dispatched_at_ms": run.dispatched_at_ms,
+            "deadline_ms": run.deadline_ms,
+            "input": run.input,
+            "succeeded": run.succeeded,
+            "output": run.output,
+            "retry_at_ms": run.retry_at_ms,
+        }
+        for task_id, run in state.tasks.items()
+    }
+    return {
+        "v": VERSION,
+        "state": "active",
+        "spec": state.spec_doc,
+        "submitted_at_ms": state.submitted_at_ms,
+        "outputs": dict(state.outputs),
+        "running": running,
+        "tasks": tasks,
+    }
+
+
+def encode_finished(finished: FinishedWorkflow) -> dict[str, JsonValue]:
+    return {"v": VERSION, "state": "finished", "kind": finished.kind.value, "at_ms": finished.at_ms}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Task(_Record):
+    step_id: str
+    index: int | None
+    attempt: int = Field(ge=1)
+    dispatched_at_ms: int
+    deadline_ms: int
+    input: JsonValue
+    succeeded: bool
+    output: JsonValue
+    retry_at_ms: int | None
+
+
+class _Step(_Record):
+    task_ids: list[str] = Field(min_length=1)
+    remaining: int = Field(ge=1)
+    fan_out: bool
+
+
+class _Active(_Record):
+    v: Literal[1]
+    state: Literal["active"]
+    spec: WorkflowSpec
+    submitted_at_ms: int
+    outputs: dict[str, JsonValue]
+    running: dict[str, _Step]
+    tasks: dict[str, _Task]
+
+
+class _Finished(_Record):
+    v: Literal[1]
+    state: Literal["finished"]
+    kind: EventKind
+    at_ms: int
+
+
+_RECORD: TypeAdapter[_Active | _Finished] = TypeAdapter(
+    Annotated[_Active | _Finished, Field(discriminator="state")]
+)
+
+
+def decode(workflow_id: str, record: JsonValue) -> WorkflowState | FinishedWorkflow:
+    """The state a record describes, or :class:`DecodeError` saying what is wrong."""
+    try:
+        parsed = _RECORD.validate_python(record)
+    except ValidationError as exc:
+        raise DecodeError(f"state record of workflow {workflow_id}: {exc}") from exc
+    if isinstance(parsed, _Finished):
+        if not parsed.kind.terminal:
+            raise DecodeError(f"state record of workflow {workflow_id}: {parsed.kind} is not final")
+        return FinishedWorkflow(parsed.kind, parsed.at_ms)
+    state = WorkflowState(
+        workflow_id,
+        parsed.spec,
+        parsed.submitted_at_ms,
+        outputs=dict(parsed.outputs),
+        running={
+            step_id: StepRun(list(step.task_ids), step.remaining, step.fan_out)
+            for step_id, step in parsed.running.items()
+        },
+        tasks={
+            task_id: TaskRun(
+                task.step_id,
+                task.index,
+                task.attempt,
+                task.dispatched_at_ms,
+                task.deadline_ms,
+                task.input,
+                succeeded=task.succeeded,
+                output=task.output,
+                retry_at_ms=task.retry_at_ms,
+            )
+            for task_id, task in parsed.tasks.items()
+        },
+    )
+    problem = _inconsistency(state)
+    if problem is not None:
+        raise DecodeError(f"state record of workflow {workflow_id}: {problem}")
+    return state
+
+
+def _inconsistency(state: WorkflowState) -> str | None:
+    """What in a well-typed record contradicts itself (and would break the engine)."""
+    return next(_contradictions(state), None)
+
+
+def _contradictions(state: WorkflowState) -> Iterator[str]:
+    step_ids = {step.id for step in state.spec.steps}
+    if unknown := (set(state.outputs) | set(state.running)) - step_ids:
+        yield f"unknown steps {sorted(unknown)}"
+    if both := set(state.outputs) & set(state.running):
+        yield f"steps {sorted(both)} both complete and running"
+    if not state.running:
+        yield "an active workflow with no running step"
+    listed: set[str] = set()
+    for step_id, step_run in state.running.items():
+        runs = [state.tasks.get(task_id) for task_id in step_run.task_ids]
+        if any(run is None or run.step_id != step_id for run in runs):
+            yield f"step {step_id!r} lists tasks that are not its own"
+        if step_run.remaining != sum(1 for run in runs if run is not None and not run.succeeded):
+            yield f"step {step_id!r} has a wrong remaining count"
+        listed.update(step_run.task_ids)
+    if set(state.tasks) != listed:
+        yield "tasks that belong to no running step"
+    if any(run.succeeded and run.retry_at_ms is not None for run in state.tasks.values()):
+        yield "a succeeded task with a retry scheduled"

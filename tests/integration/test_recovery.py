@@ -1,0 +1,153 @@
+"""Crash-proof orchestration on a real broker: kill -9, rebalances and zombies.
+
+Every scenario checks the invariant that matters to users: each workflow ends with
+exactly one terminal event and the right output.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.client import FleetClient
+from fleet.messages import EventKind, WorkflowEvent
+from fleet.settings import Settings
+from fleet.supervisor import Child, Supervisor
+
+pytestmark = pytest.mark.kafka
+
+# Lowered so a paused (zombie) orchestrator loses its membership within seconds; any
+# FLEET_KAFKA_CLIENT_* variable reaches librdkafka.
+FAST_GROUPS = {"FLEET_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000"}
+
+
+@pytest.fixture
+def env(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[Settings, Supervisor, FleetClient]]:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "FLEET_TOPIC_PREFIX": f"rc-{uuid.uuid4().hex[:8]}.",
+        }
+    )
+    with Supervisor(settings, tmp_path / "logs") as supervisor:
+        topics = supervisor.start("topics", ["topics", "apply"])
+        assert topics.process.wait(120) == 0, topics.log_tail()
+        supervisor.start(
+            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "16"]
+        )
+        client = FleetClient(settings, role="test")
+        yield settings, supervisor, client
+        client.close()
+
+
+def chain(n: int, delay_ms: int) -> dict[str, object]:
+    """A linear workflow whose output proves every step ran on its predecessor's output."""
+    steps: list[dict[str, object]] = [
+        {"id": "s0", "capability": "noop", "input": {"n": 0, "delay_ms": delay_ms}}
+    ]
+    for i in range(1, n):
+        steps.append(
+            {
+                "id": f"s{i}",
+                "capability": "noop",
+                "needs": [f"s{i - 1}"],
+                "input": {"prev": f"$.steps.s{i - 1}.output.n", "n": i, "delay_ms": delay_ms},
+            }
+        )
+    return {"name": "chain", "steps": steps, "output": f"$.steps.s{n - 1}.output"}
+
+
+class _Settled(Exception):  # noqa: N818 - control flow, not an error
+    pass
+
+
+def terminal_events(client: FleetClient, ids: set[str], timeout_s: float) -> list[WorkflowEvent]:
+    """Every terminal event of ``ids`` from the beginning of the events topic.
+
+    Reads until each id has one, then 3 s more, so that a duplicate would show.
+    """
+    consumer = client.event_consumer(from_beginning=True)
+    found: list[WorkflowEvent] = []
+    settle_until: list[float] = []  # set once every id is seen
+
+    def check_settled() -> None:
+        if settle_until and time.monotonic() > settle_until[0]:
+            raise _Settled
+
+    try:
+        for event in client.events(consumer, timeout_s=timeout_s, on_idle=check_settled):
+            if event.kind.terminal and event.workflow_id in ids:
+                found.append(event)
+                if not settle_until and {e.workflow_id for e in found} == ids:
+                    settle_until.append(time.monotonic() + 3)
+    except _Settled:
+        pass
+    finally:
+        consumer.close()
+    return found
+
+
+def assert_exactly_once(events: list[WorkflowEvent], ids: set[str], n_steps: int) -> None:
+    counts = Counter(e.workflow_id for e in events)
+    assert set(counts) == ids, f"lost: {sorted(ids - set(counts))[:5]}"
+    assert max(counts.values()) == 1, f"duplicates: {[w for w, c in counts.items() if c > 1][:5]}"
+    for event in events:
+        assert event.kind is EventKind.COMPLETED, event.error
+        assert event.output == {"prev": n_steps - 2, "n": n_steps - 1, "delay_ms": 200}
+
+
+def wait_alive(child: Child, seconds: float) -> None:
+    time.sleep(seconds)
+    assert child.alive(), child.log_tail()
+
+
+def test_killed_orchestrator_resumes_workflows_from_the_changelog(
+    env: tuple[Settings, Supervisor, FleetClient],
+) -> None:
+    _settings, supervisor, client = env
+    first = supervisor.start("orchestrator-1", ["orchestrator"])
+    ids = {client.submit(chain(6, 200), flush=False) for _ in range(20)}
+    client.flush()
+    wait_alive(first, 4)  # mid-run: a few steps of each chain are done
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    supervisor.start("orchestrator-2", ["orchestrator"])
+    assert_exactly_once(terminal_events(client, ids, 90), ids, 6)
+
+
+def test_work_survives_an_instance_leaving_and_joining(
+    env: tuple[Settings, Supervisor, FleetClient],
+) -> None:
+    _settings, supervisor, client = env
+    a = supervisor.start("orchestrator-a", ["orchestrator"])
+    b = supervisor.start("orchestrator-b", ["orchestrator"])
+    ids = {client.submit(chain(4, 200), flush=False) for _ in range(40)}
+    client.flush()
+    wait_alive(a, 2)
+    assert supervisor.stop(b) == 0, b.log_tail()  # partitions move to a, with their state
+    supervisor.start("orchestrator-c", ["orchestrator"])  # and half move back
+    assert_exactly_once(terminal_events(client, ids, 120), ids, 4)
+
+
+def test_a_paused_zombie_is_fenced_and_writes_nothing(
+    env: tuple[Settings, Supervisor, FleetClient],
+) -> None:
+    _settings, supervisor, client = env
+    zombie = supervisor.start("orchestrator-z", ["orchestrator"], env=FAST_GROUPS)
+    wait_alive(zombie, 3)
+    ids = {client.submit(chain(5, 200), flush=False) for _ in range(15)}
+    client.flush()
+    time.sleep(1.5)
+    zombie.process.send_signal(signal.SIGSTOP)  # mid-batch, perhaps mid-transaction
+    healthy = supervisor.start("orchestrator-h", ["orchestrator"], env=FAST_GROUPS)
+    time.sleep(12)  # past the 6 s session timeout: the healthy one owns everything now
+    zombie.process.send_signal(signal.SIGCONT)  # it wakes up believing it owns partitions
+    events = terminal_events(client, ids, 120)
+    assert healthy.alive(), healthy.log_tail()
+    assert_exactly_once(events, ids, 5)
