@@ -342,3 +342,42 @@ def test_orchestrator_metrics_count_exactly_what_ran(fleet: Fleet) -> None:
     assert delta("fleet_workflow_latency_seconds_count", (("outcome", "failed"),)) == 1
     assert after[("fleet_tasks_in_flight", ())] == 0
     assert after[("fleet_workflows_active", ())] == 0
+
+
+def test_cancel_ends_a_running_workflow_once_and_dispatches_nothing_after(fleet: Fleet) -> None:
+    spec = {
+        "name": "to-cancel",
+        "steps": [noop("slow", {"delay_ms": 4000}), noop("never", {}, ["slow"])],
+    }
+    consumer = fleet.client.event_consumer(from_beginning=False)
+    workflow_id = fleet.client.submit(spec)
+    time.sleep(1.0)  # the slow step is running on a worker
+    done = fleet.cli("cancel", workflow_id, "--reason", "operator said so", "--wait")
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["kind"] == "CANCELLED"
+    assert outcome["error"]["message"] == "operator said so"
+
+    # The slow step's result arrives after the cancel: it must not start `never`.
+    time.sleep(4.5)
+    events = [e for e in fleet.client.events(consumer, timeout_s=2) if e.workflow_id == workflow_id]
+    consumer.close()
+    assert [e.kind for e in events if e.kind.terminal] == [EventKind.CANCELLED]
+    assert all(e.step_id != "slow" for e in events if e.kind is EventKind.STEP_COMPLETED)
+    tasks = fleet.client.topics.tasks("noop")
+    reader = fleet.client.clients.consumer(f"cancel-check-{uuid.uuid4().hex}")
+    parts = fleet.client.admin.list_topics(topic=tasks, timeout=10).topics[tasks].partitions
+    reader.assign([TopicPartition(tasks, p, 0) for p in parts])
+    dispatched = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = reader.consume(500, timeout=0.5)
+        if not records:
+            break
+        dispatched += [
+            r.key()
+            for r in records
+            if r.error() is None and r.key().startswith(workflow_id.encode())
+        ]
+    reader.close()
+    assert dispatched == [f"{workflow_id}/slow/0".encode()]
