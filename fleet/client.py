@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -24,19 +23,12 @@ from fleet.kafka import (
     headers_for,
     produce,
     resolve_bootstrap,
-    retry_transient,
+    watermarks,
 )
 from fleet.messages import WorkflowCancelRequested, WorkflowEvent, WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import new_traceparent
-
-
-def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=10, cached=False
-    )
-    return low, high
 
 
 def new_workflow_id() -> str:
@@ -94,19 +86,7 @@ class FleetClient:
             submitted_at_ms=int(time.time() * 1000),
             submitted_by=self.clients.role,
         )
-        errors: list[str] = []
-        produce(
-            self._producer,
-            self.topics.requests,
-            self.codec.encode(request),
-            key=workflow_id,
-            headers=headers_for(request, new_traceparent()),
-            on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
-        )
-        if flush:
-            self.flush()
-        if errors:
-            raise BrokerError(f"workflow {workflow_id} was not accepted by Kafka: {errors[0]}")
+        self._request(request, flush=flush)
         return workflow_id
 
     def cancel(self, workflow_id: str, reason: str = "") -> None:
@@ -121,18 +101,29 @@ class FleetClient:
             requested_by=self.clients.role,
             requested_at_ms=int(time.time() * 1000),
         )
+        self._request(request, flush=True)
+
+    def _request(self, request: WorkflowSubmitted | WorkflowCancelRequested, flush: bool) -> None:
+        """Produce onto the requests topic, keyed by workflow id (the owner's partition).
+
+        A delivery failure reported by the time of the flush raises; unflushed requests
+        report theirs at the caller's flush."""
         errors: list[str] = []
         produce(
             self._producer,
             self.topics.requests,
             self.codec.encode(request),
-            key=workflow_id,
+            key=request.workflow_id,
             headers=headers_for(request, new_traceparent()),
             on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
         )
-        self.flush()
+        if flush:
+            self.flush()
         if errors:
-            raise BrokerError(f"cancel of {workflow_id} was not accepted by Kafka: {errors[0]}")
+            raise BrokerError(
+                f"{type(request).__name__} for {request.workflow_id} was not accepted by "
+                f"Kafka: {errors[0]}"
+            )
 
     def flush(self, timeout_s: float = 30) -> None:
         if self._producer.flush(timeout_s):
@@ -152,7 +143,7 @@ class FleetClient:
             for p in sorted(partitions):
                 start = OFFSET_BEGINNING
                 if not from_beginning:
-                    _low, start = retry_transient(partial(_watermarks, consumer, name, p))
+                    _low, start = watermarks(consumer, name, p)
                 assignment.append(TopicPartition(name, p, start))
         except (KafkaException, KeyError) as exc:
             consumer.close()

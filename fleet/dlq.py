@@ -30,7 +30,7 @@ from confluent_kafka import (
 
 from fleet.codec import SINGLE_OBJECT_MAGIC, Codec, SchemaStore
 from fleet.errors import BrokerError, ConfigError, DecodeError
-from fleet.kafka import KafkaClients, record_headers, resolve_bootstrap, retry_transient
+from fleet.kafka import KafkaClients, record_headers, resolve_bootstrap, retry_transient, watermarks
 from fleet.messages import DeadLetter
 from fleet.messages import Message as FleetMessage
 from fleet.settings import Settings
@@ -277,7 +277,7 @@ class DeadLetterOffice:
             return None
         consumer = self._consumer()
         try:
-            low, high = self._watermarks(consumer, topic, letter_id.partition)
+            low, high = watermarks(consumer, topic, letter_id.partition)
             if not low <= letter_id.offset < high:
                 return None
             consumer.assign([TopicPartition(topic, letter_id.partition, letter_id.offset)])
@@ -399,21 +399,12 @@ class DeadLetterOffice:
             **{"enable.partition.eof": True, "fetch.wait.max.ms": 50},
         )
 
-    @staticmethod
-    def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-        low, high = retry_transient(
-            lambda: consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10, cached=False
-            )
-        )
-        return int(low), int(high)
-
     def _read(self, topic: str) -> Iterator[Message]:
         consumer = self._consumer()
         try:
             ends: dict[int, int] = {}
             for p in range(self.partition_count(topic) or 0):
-                low, high = self._watermarks(consumer, topic, p)
+                low, high = watermarks(consumer, topic, p)
                 if high > low:
                     ends[p] = high
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(ends)])

@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from tenacity import (
     RetryError,
@@ -194,6 +201,18 @@ def retry_transient(call: Callable[[], T], timeout_s: float = 30.0) -> T:
         reraise=True,
     )
     return retrying(call)()
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """A partition's (low, high) offsets, fresh from the broker, transient errors retried."""
+
+    def ask() -> tuple[int, int]:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+        return int(low), int(high)
+
+    return retry_transient(ask)
 
 
 def headers_for(

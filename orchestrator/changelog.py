@@ -14,14 +14,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
-from functools import partial
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from pydantic import JsonValue
 
 from fleet.errors import BrokerError
-from fleet.kafka import KafkaClients, retry_transient
+from fleet.kafka import KafkaClients, watermarks
 
 log = structlog.get_logger()
 
@@ -48,7 +47,7 @@ def read_partitions(
     try:
         ends: dict[int, int] = {}
         for p in wanted:
-            low, high = retry_transient(partial(_watermarks, consumer, topic, p))
+            low, high = watermarks(consumer, topic, p)
             if high > low:
                 ends[p] = high
         latest: dict[str, tuple[int, JsonValue]] = {}
@@ -64,13 +63,6 @@ def read_partitions(
         seconds=round(time.monotonic() - started, 3),
     )
     return latest
-
-
-def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=10, cached=False
-    )
-    return low, high
 
 
 def _read_until(
