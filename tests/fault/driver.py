@@ -1477,6 +1477,7 @@ class FaultSummary:
     events_read: int
     garbage_injected: int
     dead_letters: int
+    dead_letters_repeated: int  # garbage records with more than one dead letter
     resubmitted: int
     timings: dict[str, float]
     violations: list[str]
@@ -1509,7 +1510,8 @@ def format_summary(s: FaultSummary) -> str:
         "  shapes       " + ", ".join(f"{k} {v}" for k, v in sorted(s.shapes.items())),
         f"  cancels      requested {s.cancels_requested}: cancelled {s.cancelled}, "
         f"completed first {s.completed_despite_cancel}",
-        f"  dead letters injected {s.garbage_injected}, found {s.dead_letters}",
+        f"  dead letters injected {s.garbage_injected}, found {s.dead_letters} "
+        f"({s.dead_letters_repeated} garbage records dead-lettered more than once)",
         f"  read back    events {s.events_read}, tasks dispatched {s.tasks_dispatched}, "
         f"resubmitted {s.resubmitted}",
         f"  processes    restarts {s.restarts}, unexpected exits {len(s.unexpected_exits)}",
@@ -1814,6 +1816,7 @@ class _Run:
             events_read=len(events),
             garbage_injected=verdict.garbage_injected,
             dead_letters=verdict.dead_letters,
+            dead_letters_repeated=len(verdict.dead_letters_repeated),
             resubmitted=sum(submitter.retried.values()),
             timings={k: round(v, 1) for k, v in self.timings.items()},
             violations=self.violations + verdict.violations,
@@ -1961,8 +1964,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides[key] = getattr(args, name)
     if args.session_timeout_ms is not None:
         overrides["session_timeout_ms"] = args.session_timeout_ms or None
+    if bad := [e for e in args.env if "=" not in e]:
+        _parser().error(f"--env takes K=V, got {bad}")
     if args.env:
-        overrides["extra_env"] = tuple(tuple(e.split("=", 1)) for e in args.env)
+        overrides["extra_env"] = tuple((k, v) for k, _, v in (e.partition("=") for e in args.env))
     base_seed = (
         args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     )

@@ -510,6 +510,7 @@ def _summary(**changes: Any) -> FaultSummary:
         "events_read": 40,
         "garbage_injected": 0,
         "dead_letters": 0,
+        "dead_letters_repeated": 0,
         "resubmitted": 0,
         "timings": {"total": 1.0},
         "violations": [],
