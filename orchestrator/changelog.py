@@ -38,19 +38,21 @@ def read_partitions(
     Reads each partition from its start to the high watermark seen when restore begins,
     as read_committed: an open transaction of the previous owner holds the read back
     until it commits or aborts, so a restore never sees half of a batch.
+
+    The end must be the high watermark, asked read_uncommitted. A read_committed consumer
+    reports the last stable offset instead, which stops short of a killed owner's open
+    transaction *and of everything committed after it*: the restore would silently drop
+    newer state (found by the fault runs: one attempt dispatched five times). Waiting for
+    the open transaction costs at most the orchestrator's transaction.timeout.ms.
     """
     wanted = sorted(set(partitions))
     if not wanted:
         return {}
     started = time.monotonic()
-    consumer = clients.consumer(f"{topic}.restore-{uuid.uuid4().hex}")
+    ends = _high_watermarks(clients, topic, wanted)
+    latest: dict[str, tuple[int, JsonValue]] = {}
+    consumer = clients.consumer(f"{topic}.restore-{uuid.uuid4().hex}")  # read_committed
     try:
-        ends: dict[int, int] = {}
-        for p in wanted:
-            low, high = watermarks(consumer, topic, p)
-            if high > low:
-                ends[p] = high
-        latest: dict[str, tuple[int, JsonValue]] = {}
         if ends:
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
             _read_until(consumer, ends, latest, started + timeout_s)
@@ -63,6 +65,22 @@ def read_partitions(
         seconds=round(time.monotonic() - started, 3),
     )
     return latest
+
+
+def _high_watermarks(clients: KafkaClients, topic: str, partitions: list[int]) -> dict[int, int]:
+    """{partition: high watermark} of the non-empty ``partitions``, open transactions included."""
+    probe = clients.consumer(
+        f"{topic}.restore-probe-{uuid.uuid4().hex}", **{"isolation.level": "read_uncommitted"}
+    )
+    try:
+        ends: dict[int, int] = {}
+        for p in partitions:
+            low, high = watermarks(probe, topic, p)
+            if high > low:
+                ends[p] = high
+        return ends
+    finally:
+        probe.close()
 
 
 def _read_until(

@@ -103,6 +103,11 @@ class Orchestrator:
                 "transactional.id": f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}",
                 # CONCURRENT_TRANSACTIONS retries otherwise stall each commit ~100 ms.
                 "retry.backoff.ms": 20,
+                # A killed instance's open transaction holds every read_committed reader
+                # (and the next owner's restore) until the coordinator aborts it; a batch
+                # takes well under a second, so Kafka Streams' EOS default of 10 s bounds
+                # that stall instead of the client default of 60 s.
+                "transaction.timeout.ms": 10_000,
             }
         )
         self.engine = Engine(has_capability=CapabilityTopics(self.admin, self.topics))

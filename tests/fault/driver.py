@@ -45,17 +45,16 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from pydantic import JsonValue
 
 from fleet.client import FleetClient
 from fleet.codec import Codec
 from fleet.errors import DecodeError, FleetError
-from fleet.kafka import KafkaClients, retry_transient
+from fleet.kafka import KafkaClients, watermarks
 from fleet.localkafka import LocalKafka
 from fleet.messages import (
     DeadLetter,
@@ -1411,24 +1410,33 @@ class RawRecord:
 
 
 def read_topic(clients: KafkaClients, topic: str, timeout_s: float) -> tuple[list[RawRecord], bool]:
-    """Every committed record of ``topic`` up to the end seen at the start (read_committed).
+    """Every committed record of ``topic`` up to its high watermark at the start.
 
-    Returns the records and whether the end was reached before the deadline (an open
-    transaction holds read_committed readers back until it commits or aborts).
+    The end is the high watermark (asked read_uncommitted), not what a read_committed
+    consumer reports: that is the last stable offset, which stops short of an open
+    transaction (a killed orchestrator's stays open until transaction.timeout.ms) and of
+    everything committed after it. Reading read_committed up to the high watermark waits
+    until every such transaction is decided. Returns the records and whether the end was
+    reached before the deadline.
     """
-    consumer = clients.consumer(f"fault-reader-{uuid.uuid4().hex}")
+    probe = clients.consumer(
+        f"fault-probe-{uuid.uuid4().hex}", **{"isolation.level": "read_uncommitted"}
+    )
     try:
-        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        meta = probe.list_topics(topic, timeout=30).topics[topic]
         ends: dict[int, int] = {}
         for p in sorted(meta.partitions):
-            low, high = retry_transient(partial(_watermarks, consumer, topic, p))
+            low, high = watermarks(probe, topic, p)
             if high > low:
                 ends[p] = high
-        records: list[RawRecord] = []
-        if not ends:
-            return records, True
-        assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends]
-        consumer.assign(assignment)
+    finally:
+        probe.close()
+    records: list[RawRecord] = []
+    if not ends:
+        return records, True
+    consumer = clients.consumer(f"fault-reader-{uuid.uuid4().hex}")  # read_committed
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         deadline = time.monotonic() + timeout_s
         while ends and time.monotonic() < deadline:
             for record in consumer.consume(1000, timeout=0.2):
@@ -1436,19 +1444,14 @@ def read_topic(clients: KafkaClients, topic: str, timeout_s: float) -> tuple[lis
                     records.append(
                         RawRecord(record.partition() or 0, record.offset() or 0, record.value())
                     )
+            # Aborted records and transaction markers are never delivered: the position
+            # tells how far the read got.
             for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
                 if tp.offset >= ends.get(tp.partition, 0):
                     ends.pop(tp.partition, None)
         return records, not ends
     finally:
         consumer.close()
-
-
-def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=30, cached=False
-    )
-    return int(low), int(high)
 
 
 @dataclass
