@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +134,8 @@ def _metrics_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: where a stuck process is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         settings = Settings.from_env(os.environ)
         configure_logging(settings)

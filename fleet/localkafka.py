@@ -238,6 +238,29 @@ class LocalKafka:
             raise LocalKafkaError(
                 "formatting the local broker's storage failed:\n" + _tail(done.stdout + done.stderr)
             )
+        self._bootstrap_file.write_text(f"{bootstrap}\n")
+        return self._launch(bootstrap, started, timeout_s)
+
+    def restart(self, down_s: float = 0.0, timeout_s: float = 60) -> str:
+        """Stop the running broker, stay down ``down_s``, start it on the same data.
+
+        Same cluster id, topics, offsets and port, so running clients reconnect by
+        themselves: this is a broker restart as operators do it, for fault tests.
+        """
+        with _flock(self.run_dir / ".lock"):
+            running = self.status()
+            if running is None:
+                raise LocalKafkaError(f"no local broker is running in {self.run_dir} to restart")
+            self._stop_locked(running, timeout_s=30.0)
+            time.sleep(down_s)
+            self._bootstrap_file.write_text(f"{running.bootstrap}\n")
+            return self._launch(running.bootstrap, time.monotonic(), timeout_s)
+
+    def _launch(self, bootstrap: str, started: float, timeout_s: float) -> str:
+        """Run the JVM on the run dir's config and storage; wait until it answers."""
+        java = self._java()
+        classpath = f"{self.ensure_jars()}/*"  # java expands the wildcard itself
+        log4j = self.run_dir / "log4j2.properties"
         argv = [java, "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
         # These two properties tag the process, so status() can tell it from a reused pid.
         argv += [f"-Dfleet.kafka.version={self.version}", f"-Dfleet.run.dir={self.run_dir}"]
@@ -245,7 +268,6 @@ class LocalKafka:
         argv += ["-cp", classpath, "kafka.Kafka", str(self._props_file)]
         pid = self._spawn_detached(argv)
         self._pid_file.write_text(f"{pid}\n")
-        self._bootstrap_file.write_text(f"{bootstrap}\n")
         self._log.info(f"waiting for Apache Kafka {self.version} on {bootstrap}", pid=pid)
         self._wait_ready(pid, bootstrap, time.monotonic() + timeout_s)
         self._log.info(

@@ -6,6 +6,7 @@ goes to a log file so a failure can be read afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,8 +100,7 @@ class Supervisor:
                 child.process.wait(grace_s)
             except subprocess.TimeoutExpired:
                 log.warning("child ignored SIGTERM; killing it", name=child.name)
-                child.process.kill()
-                child.process.wait(5)
+                _kill_with_stacks(child)
         return child.process.returncode
 
     def stop_all(self, grace_s: float = 15.0) -> dict[str, int]:
@@ -113,8 +113,8 @@ class Supervisor:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait(5)
+                log.warning("child ignored SIGTERM; killing it", name=child.name)
+                _kill_with_stacks(child)
             codes[child.name] = child.process.returncode
         return codes
 
@@ -131,3 +131,13 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> None:
         self.stop_all()
+
+
+def _kill_with_stacks(child: Child) -> None:
+    """SIGKILL a stuck child, after SIGUSR1 makes it dump every thread's stack to its log
+    (``fleet`` registers faulthandler on it): the evidence of where it was stuck."""
+    with contextlib.suppress(ProcessLookupError):
+        child.process.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    child.process.kill()
+    child.process.wait(5)

@@ -50,6 +50,10 @@ from orchestrator.metrics import OrchestratorMetrics
 
 log = structlog.get_logger()
 
+COMMIT_SLICE_S = 2.0  # one commit_transaction call; the loop re-checks stop between calls
+COMMIT_WAIT_S = 30.0  # then the outcome is left to the coordinator and the process exits
+ABORT_WAIT_S = 30.0
+
 
 class CapabilityTopics:
     """Answers "does capability X have a task topic?" from broker metadata.
@@ -103,11 +107,12 @@ class Orchestrator:
                 "transactional.id": f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}",
                 # CONCURRENT_TRANSACTIONS retries otherwise stall each commit ~100 ms.
                 "retry.backoff.ms": 20,
-                # A killed instance's open transaction holds every read_committed reader
-                # (and the next owner's restore) until the coordinator aborts it; a batch
-                # takes well under a second, so Kafka Streams' EOS default of 10 s bounds
-                # that stall instead of the client default of 60 s.
-                "transaction.timeout.ms": 10_000,
+                # transaction.timeout.ms stays at librdkafka's 60 s on purpose: a killed
+                # instance's open transaction holds read_committed readers (and the next
+                # owner's restore) that long at most, but with 10 s an orchestrator paused
+                # past it (SIGSTOP 12 s) left a transaction hanging for minutes on Kafka 4.4
+                # with librdkafka 2.16 (fault runs). FLEET_KAFKA_CLIENT_TRANSACTION_TIMEOUT_MS
+                # still sets it.
             }
         )
         self.engine = Engine(has_capability=CapabilityTopics(self.admin, self.topics))
@@ -117,10 +122,12 @@ class Orchestrator:
         self.owned: set[int] = set()  # partition numbers this instance owns
         self.partition_of: dict[str, int] = {}  # workflow_id -> its partition number
         self.touched: set[str] = set()  # workflows seen in the current batch
+        self.stop = threading.Event()  # the run's, once it runs
 
     # -- the loop ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self.stop = stop
         self.producer.init_transactions(60)
         self.consumer.subscribe(
             [self.topics.requests, self.topics.results],
@@ -168,18 +175,39 @@ class Orchestrator:
                     self.consumer.consumer_group_metadata(),
                     30,
                 )
-            self.producer.commit_transaction(60)
+            self._commit()
         except KafkaException as exc:
             self._recover(exc)
+
+    def _commit(self) -> None:
+        """Commit, waiting in short slices so SIGTERM is honoured, for a bounded time.
+
+        A commit that times out is retriable (it goes on in the background), but across a
+        broker restart it was seen to hang for a minute. Past COMMIT_WAIT_S, or on stop,
+        the error goes to _recover, which exits: the coordinator decides the outcome, and
+        a fresh instance restores whichever it was from the changelog.
+        """
+        deadline = time.monotonic() + COMMIT_WAIT_S
+        while True:
+            try:
+                self.producer.commit_transaction(COMMIT_SLICE_S)
+                return
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                waiting = error is not None and error.retriable() and not error.txn_requires_abort()
+                if not waiting or self.stop.is_set() or time.monotonic() > deadline:
+                    raise
+                log.warning("transaction commit still pending; waiting", error=str(error))
 
     def _recover(self, exc: KafkaException) -> None:
         error = exc.args[0] if exc.args else None
         if error is None or not error.txn_requires_abort():
-            # Fenced (a newer owner took over) or fatal: nothing of this batch is
-            # visible; exit and let the supervisor start a fresh instance.
+            # Fenced (a newer owner took over), fatal, or a commit whose outcome is
+            # unknown: exit and let the supervisor start a fresh instance, which
+            # restores the committed state.
             raise BrokerError(f"transaction failed for good: {exc}") from exc
         log.warning("transaction aborted; rebuilding state from the changelog", error=str(error))
-        self.producer.abort_transaction(60)
+        self.producer.abort_transaction(ABORT_WAIT_S)
         # Everything this batch changed in memory is void: rebuild from what is committed.
         self.engine.forget(lambda _workflow_id: False)
         self.partition_of.clear()

@@ -27,7 +27,6 @@ import bisect
 import contextlib
 import gc
 import heapq
-import inspect
 import json
 import os
 import random
@@ -123,7 +122,7 @@ class FaultConfig:
             "orchestrator_kills": 3,
             "worker_kills": 3,
             "pauses": 1,
-            "broker_restarts": 0,
+            "broker_restarts": 1,
             "garbage_rounds": 1,
             "wait_s": 150.0,
             "settle_s": 3.0,
@@ -1086,27 +1085,13 @@ class Broker:
     def restart_unsupported(self) -> str | None:
         if self.local is None:
             return "KAFKA_BOOTSTRAP_SERVERS names an external cluster; the driver cannot restart it"
-        if "keep_data" in inspect.signature(self.local.start).parameters:
-            return None
-        if callable(getattr(self.local, "restart", None)):
-            return None
-        return (
-            "LocalKafka cannot restart a broker with its data: start() after stop() deletes "
-            "the data dir, formats a new cluster id and picks new ports, so every topic "
-            "(and the running processes' bootstrap address) would be lost"
-        )
+        return None
 
     def restart(self, down_s: float) -> float:
         """Stop, stay down ``down_s``, start on the same data; return seconds down."""
         assert self.local is not None
         stopped = time.monotonic()
-        start = self.local.start
-        if "keep_data" in inspect.signature(start).parameters:
-            self.local.stop()
-            time.sleep(down_s)
-            bootstrap = start(timeout_s=120, keep_data=True)  # type: ignore[call-arg]
-        else:
-            bootstrap = self.local.restart()  # type: ignore[attr-defined]
+        bootstrap = self.local.restart(down_s=down_s, timeout_s=120)
         if bootstrap != self.bootstrap:
             raise FleetError(
                 f"the broker came back on {bootstrap}, not {self.bootstrap}: clients cannot follow"

@@ -42,24 +42,36 @@ def test_start_is_idempotent_serves_records_and_stop_is_idempotent(tmp_path: Pat
         producer = Producer({"bootstrap.servers": bootstrap})
         producer.produce(topic, key=b"k", value=b"hello")
         assert producer.flush(30) == 0
-        consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"g-{topic}",
-                "auto.offset.reset": "earliest",
-            }
-        )
-        try:
-            consumer.subscribe([topic])
-            records = consumer.consume(1, timeout=30)
-        finally:
-            consumer.close()
-        assert [(r.error(), r.key(), r.value()) for r in records] == [(None, b"k", b"hello")]
+        assert _read_all(bootstrap, topic) == [(b"k", b"hello")]
+
+        # A restart keeps the data, the cluster id and the port: clients need not follow.
+        assert local.restart(timeout_s=120) == bootstrap
+        restarted = local.status()
+        assert restarted is not None
+        assert restarted.pid != status.pid
+        assert _read_all(bootstrap, topic) == [(b"k", b"hello")]
     finally:
         stopped = local.stop()
     assert stopped is True
     assert local.status() is None
     assert local.stop() is False
+
+
+def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        records = consumer.consume(1, timeout=30)
+    finally:
+        consumer.close()
+    assert [r.error() for r in records] == [None]
+    return [(r.key(), r.value()) for r in records]
 
 
 @pytest.mark.unit
