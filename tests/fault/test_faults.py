@@ -36,38 +36,28 @@ from fleet.settings import Settings
 from fleet.topology import Topics, Topology
 from orchestrator.engine import Engine
 from orchestrator.spec import parse_spec
-from tests.fault.driver import (
-    ACCEPTS,
+from tests.fault.checker import SeenEvent, SeenLetter, canonical, check_run
+from tests.fault.config import FaultConfig
+from tests.fault.driver import run_faults
+from tests.fault.garbage import ACCEPTS, Garbage, GarbageKind, garbage_round, garbage_value
+from tests.fault.plan import FaultKind, plan_faults
+from tests.fault.recovery import FaultRecord, recovery_times
+from tests.fault.summary import FaultSummary, format_summary
+from tests.fault.workload import (
     MAX_FAN_OUT,
     Expected,
-    FaultConfig,
-    FaultKind,
-    FaultRecord,
-    FaultSummary,
-    Garbage,
-    GarbageKind,
-    SeenEvent,
-    SeenLetter,
     Shape,
     WorkItem,
     build_workload,
     cancellable,
-    canonical,
-    check_run,
     diamond,
     fan_out,
     fan_out_failure,
-    format_summary,
-    garbage_round,
-    garbage_value,
     linear,
     permanent_failure,
-    plan_faults,
-    recovery_times,
     rejected,
     retried,
     retries_exhausted,
-    run_faults,
 )
 
 SETTINGS = Settings.from_env({})

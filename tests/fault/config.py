@@ -1,0 +1,77 @@
+"""The fault run's configuration: one frozen :class:`FaultConfig`, with its presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+WORKER_APP = "workers.examples:app"
+PRODUCT_SESSION_TIMEOUT_MS = 45_000  # librdkafka's default session.timeout.ms
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """One run. The presets are :meth:`soak` (issue 3's full run) and :meth:`short` (CI)."""
+
+    workflows: int = 1000
+    seed: int = 1
+    orchestrators: int = 3
+    workers: int = 3
+    concurrency: int = 8
+    submit_rate: float = 8.0  # workflows per second: submission is spread over the run
+    orchestrator_kills: int = 10
+    worker_kills: int = 10
+    pauses: int = 1  # SIGSTOP an orchestrator past its session timeout, then SIGCONT
+    broker_restarts: int = 1
+    garbage_rounds: int = 3  # each round: every garbage kind into every consumed topic
+    cancellations: bool = True  # one workflow in 20 is cancelled (if the client can)
+    fault_gap_s: float = 2.0  # faults never come closer than this
+    restart_delay_s: tuple[float, float] = (0.0, 2.0)  # kill -9, then restart after this
+    # The product passes any FLEET_KAFKA_CLIENT_* variable to librdkafka, so the session
+    # timeout can be lowered; None keeps the product default (45 s) and pauses 50 s.
+    session_timeout_ms: int | None = 6000
+    pause_s: float | None = None  # default: past the session timeout with a margin
+    broker_down_s: float = 2.0
+    startup_s: float = 180.0  # broker, processes and the first workflow end to end
+    wait_s: float = 600.0  # after the last submission, for every terminal event
+    settle_s: float = 5.0  # then this long more, so a late duplicate would show
+    read_s: float = 180.0  # reading topics back (an open transaction holds read_committed)
+    run_dir: Path | None = None  # default: a new temporary dir (kept: logs are evidence)
+    keep_data: bool = False  # keep the broker's data dir after a passing run
+    extra_env: tuple[tuple[str, str], ...] = ()  # more env for every fleet process
+    progress: TextIO | None = None  # live progress lines (default: stderr)
+
+    @classmethod
+    def soak(cls, **overrides: Any) -> FaultConfig:
+        return cls(**overrides)
+
+    @classmethod
+    def short(cls, **overrides: Any) -> FaultConfig:
+        values: dict[str, Any] = {
+            "workflows": 200,
+            "submit_rate": 6.0,
+            "orchestrator_kills": 3,
+            "worker_kills": 3,
+            "pauses": 1,
+            "broker_restarts": 1,
+            "garbage_rounds": 1,
+            "wait_s": 150.0,
+            "settle_s": 3.0,
+            "read_s": 90.0,
+            "startup_s": 120.0,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def effective_pause_s(self) -> float:
+        if self.pause_s is not None:
+            return self.pause_s
+        if self.session_timeout_ms is None:
+            return 50.0
+        return self.session_timeout_ms / 1000 * 1.5 + 3.0
+
+    @property
+    def submit_window_s(self) -> float:
+        return self.workflows / self.submit_rate
