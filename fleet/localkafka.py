@@ -18,8 +18,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +63,14 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0
 </project>
 """
 
-# Single-node KRaft with a static quorum. Internal topics get few partitions and RF 1 so
-# the broker starts fast and transactions/share groups work on one node; the small dedupe
-# buffer keeps the cleaner inside a 512 MiB heap. The product creates its topics itself.
+# KRaft with a static quorum; every node is broker and controller. Internal topics get few
+# partitions so a node starts and recovers fast. Replication is min(nodes, 3) with a min ISR
+# one lower: a single node works alone, and in a cluster one node may die without stopping
+# acks=all writes, transactions or share groups. The small dedupe buffer keeps the cleaner
+# inside a 512 MiB heap. The product creates its topics itself.
 _SERVER_PROPERTIES = """process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{cport}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 inter.broker.listener.name=PLAINTEXT
@@ -76,14 +78,16 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={data}
 num.partitions=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=2097152
 """
@@ -113,31 +117,106 @@ logger.network.level = warn
 
 @dataclass(frozen=True)
 class BrokerStatus:
-    """A live local broker, as found in a run dir."""
+    """A live local broker (or cluster), as found in a run dir."""
 
-    pid: int
-    bootstrap: str
+    pid: int  # the single broker's, or the first live node's of a cluster
+    bootstrap: str  # every node's address, node 1 first, live or not
     version: str
     run_dir: Path
+    pids: Mapping[int, int]  # node id -> pid, live nodes only
+
+
+@dataclass(frozen=True)
+class _Node:
+    """One KRaft node (broker and controller in one JVM) and the files it keeps.
+
+    A single broker keeps them in the run dir itself; node i of a cluster in run_dir/node-i.
+    """
+
+    node_id: int
+    dir: Path
+    address: str  # 127.0.0.1:<port> of its PLAINTEXT listener
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "broker.pid"
+
+    @property
+    def props_file(self) -> Path:
+        return self.dir / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def console_file(self) -> Path:
+        return self.dir / "console.log"  # the JVM's own stdout/stderr
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.dir / "log4j2.properties"
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    def runs(self, pid: int, args: list[str] | None = None) -> bool:
+        # A pid alone is not proof: after a reboot or a crash the number may belong to
+        # another process. Ours runs kafka.Kafka tagged with this node's dir. (A zombie has
+        # an empty command line, so an exited broker counts as gone.)
+        args = _cmdline(pid) if args is None else args
+        return "kafka.Kafka" in args and f"-Dfleet.run.dir={self.dir}" in args
+
+
+def _layout(run_dir: Path, addresses: Sequence[str]) -> list[_Node]:
+    """The nodes of a run dir whose bootstrap is ``addresses`` (one per node, in order)."""
+    if len(addresses) == 1:  # the single broker's files stay where they always were
+        return [_Node(1, run_dir, addresses[0])]
+    return [_Node(i, run_dir / f"node-{i}", a) for i, a in enumerate(addresses, start=1)]
+
+
+def _server_properties(node_id: int, ports: Sequence[tuple[int, int]], data: Path) -> str:
+    """The config of node ``node_id`` of a cluster with each node's (PLAINTEXT, CONTROLLER)
+    ports in ``ports``, node 1 first."""
+    voters = ",".join(f"{i}@127.0.0.1:{cport}" for i, (_, cport) in enumerate(ports, start=1))
+    replicas = min(len(ports), 3)
+    port, cport = ports[node_id - 1]
+    return _SERVER_PROPERTIES.format(
+        node_id=node_id,
+        voters=voters,
+        port=port,
+        cport=cport,
+        data=data,
+        replicas=replicas,
+        min_isr=max(replicas - 1, 1),
+    )
 
 
 class LocalKafka:
-    """Fetch, start, find and stop the single-node broker of one run dir."""
+    """Fetch, start, find and stop the broker (or cluster of ``nodes``) of one run dir.
+
+    The bootstrap file records what runs there: one address per node. ``status`` and
+    ``stop`` follow it, whatever ``nodes`` says; ``nodes`` only shapes a fresh start.
+    """
 
     def __init__(
-        self, settings: Settings, *, which: Callable[[str], str | None] = shutil.which
+        self,
+        settings: Settings,
+        nodes: int = 1,
+        *,
+        which: Callable[[str], str | None] = shutil.which,
     ) -> None:
+        if nodes < 1:
+            raise LocalKafkaError(f"a local broker needs at least one node, not {nodes}")
         self.version = settings.kafka_version
+        self.nodes = nodes
         self.libs_dir = settings.kafka_cache_dir.expanduser().resolve() / self.version / "libs"
         self.run_dir = settings.kafka_run_dir.expanduser().resolve()
         self._which = which  # injectable so "Java is missing" is testable without a broker
         self._java_path: str | None = None
         self._log = structlog.get_logger(__name__)
-        self.log_file = self.run_dir / "server.log"
-        self._console_file = self.run_dir / "console.log"  # the JVM's own stdout/stderr
-        self._pid_file = self.run_dir / "broker.pid"
         self._bootstrap_file = self.run_dir / "bootstrap"
-        self._props_file = self.run_dir / "server.properties"
 
     # -- jars --------------------------------------------------------------------------
     def ensure_jars(self) -> Path:
@@ -201,16 +280,31 @@ class LocalKafka:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, timeout_s: float = 60) -> str:
-        """Start the broker of this run dir (or find it running); return its bootstrap."""
+        """Start the broker(s) of this run dir (or find them running); return the bootstrap.
+
+        A cluster with a node down or not answering is stopped and started afresh.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # The lock makes concurrent starts (two CLIs, parallel test sessions sharing a run
         # dir) end with one broker: the second caller finds the first one's broker alive.
         with _flock(self.run_dir / ".lock"):
             running = self.status()
             if running is not None:
-                if _answers(running.bootstrap, timeout_s=min(timeout_s, 10.0)):
+                cluster = self._nodes_of(running)
+                if len(cluster) != self.nodes:
+                    raise LocalKafkaError(
+                        f"a {len(cluster)}-node local broker runs in {self.run_dir}, not "
+                        f"{self.nodes}; stop it first"
+                    )
+                wait_s = min(timeout_s, 10.0)
+                if len(running.pids) == len(cluster) and all(
+                    _answers(node.address, timeout_s=wait_s) for node in cluster
+                ):
                     return running.bootstrap
-                self._log.warning(f"broker pid {running.pid} is not answering; restarting it")
+                self._log.warning(
+                    f"local broker {running.bootstrap} is not all up; starting it afresh",
+                    pids=dict(running.pids),
+                )
                 self._stop_locked(running, timeout_s=30.0)
             return self._start_fresh(timeout_s)
 
@@ -218,164 +312,267 @@ class LocalKafka:
         java = self._java()
         libs = self.ensure_jars()
         started = time.monotonic()
-        port, cport = _free_ports(2)
-        bootstrap = f"127.0.0.1:{port}"
-        data = self.run_dir / "data"
-        # Fresh data and a new cluster id on every start: a dir formatted for another
-        # cluster id refuses to start, and leftovers from a crashed run prove nothing.
-        shutil.rmtree(data, ignore_errors=True)
-        self._pid_file.unlink(missing_ok=True)
-        self._bootstrap_file.unlink(missing_ok=True)
-        self._props_file.write_text(_SERVER_PROPERTIES.format(port=port, cport=cport, data=data))
-        log4j = self.run_dir / "log4j2.properties"
-        log4j.write_text(_LOG4J2_PROPERTIES.format(log=self.log_file))
-        classpath = f"{libs}/*"  # java expands the wildcard itself
+        free = _free_ports(2 * self.nodes)
+        ports = list(zip(free[0::2], free[1::2], strict=True))
+        cluster = _layout(self.run_dir, [f"127.0.0.1:{port}" for port, _ in ports])
+        self._forget(cluster)
         cluster_id = _cluster_id()
-        fmt = [java, "-cp", classpath, "kafka.tools.StorageTool", "format"]
-        fmt += ["-t", cluster_id, "-c", str(self._props_file)]
-        done = subprocess.run(fmt, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise LocalKafkaError(
-                "formatting the local broker's storage failed:\n" + _tail(done.stdout + done.stderr)
+        formats: list[subprocess.Popen[str]] = []
+        failed: str | None = None
+        for node in cluster:
+            node.dir.mkdir(exist_ok=True)
+            # Fresh data and a new cluster id on every start: a dir formatted for another
+            # cluster id refuses to start, and leftovers from a crashed run prove nothing.
+            shutil.rmtree(node.data, ignore_errors=True)
+            node.props_file.write_text(_server_properties(node.node_id, ports, node.data))
+            node.log4j_file.write_text(_LOG4J2_PROPERTIES.format(log=node.log_file))
+            fmt = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format"]
+            fmt += ["-t", cluster_id, "-c", str(node.props_file)]
+            # All at once: each format is a JVM start-up, mostly CPU-bound class loading.
+            formats.append(
+                subprocess.Popen(fmt, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             )
+        for done in formats:  # every one is waited for, even after a failure
+            output, _ = done.communicate()
+            if done.returncode != 0:
+                failed = failed or output
+        if failed is not None:
+            raise LocalKafkaError("formatting the local broker's storage failed:\n" + _tail(failed))
+        bootstrap = ",".join(node.address for node in cluster)
         self._bootstrap_file.write_text(f"{bootstrap}\n")
-        return self._launch(bootstrap, started, timeout_s)
+        self._launch(cluster, started, timeout_s)
+        return bootstrap
 
     def restart(self, down_s: float = 0.0, timeout_s: float = 60) -> str:
-        """Stop the running broker, stay down ``down_s``, start it on the same data.
+        """Stop every node, stay down ``down_s``, start them all again on the same data.
 
-        Same cluster id, topics, offsets and port, so running clients reconnect by
+        Same cluster id, topics, offsets and ports, so running clients reconnect by
         themselves: this is a broker restart as operators do it, for fault tests.
         """
-        with _flock(self.run_dir / ".lock"):
+        with self._lock():
             running = self.status()
             if running is None:
                 raise LocalKafkaError(f"no local broker is running in {self.run_dir} to restart")
             self._stop_locked(running, timeout_s=30.0)
             time.sleep(down_s)
             self._bootstrap_file.write_text(f"{running.bootstrap}\n")
-            return self._launch(running.bootstrap, time.monotonic(), timeout_s)
+            self._launch(self._nodes_of(running), time.monotonic(), timeout_s)
+            return running.bootstrap
 
-    def _launch(self, bootstrap: str, started: float, timeout_s: float) -> str:
-        """Run the JVM on the run dir's config and storage; wait until it answers."""
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would, and return once its process is gone.
+
+        Its data and ports stay; ``start_node`` brings it back.
+        """
+        with self._lock():
+            node = self._node(node_id)
+            running = self.status()
+            if running is None or node_id not in running.pids:
+                raise LocalKafkaError(f"local broker node {node_id} is not running")
+            pid = running.pids[node_id]
+            self._log.info(f"killing local broker node {node_id} (pid {pid}) with SIGKILL")
+            if self._signal_and_wait({pid: node}, signal.SIGKILL, 10.0):
+                raise LocalKafkaError(f"could not kill local broker node {node_id} (pid {pid})")
+            node.pid_file.unlink(missing_ok=True)
+
+    def start_node(self, node_id: int, timeout_s: float = 60) -> None:
+        """Start one stopped node again on its own data and ports; return once it answers.
+
+        In a cluster it needs a quorum: it answers only once a majority of nodes runs.
+        """
+        with self._lock():
+            node = self._node(node_id)
+            running = self.status()
+            if running is not None and node_id in running.pids:
+                raise LocalKafkaError(f"local broker node {node_id} is already running")
+            self._launch([node], time.monotonic(), timeout_s)
+
+    def _lock(self) -> AbstractContextManager[None]:
+        """The run dir's lock, for operations on a broker that must exist already."""
+        if not self.run_dir.is_dir():
+            raise LocalKafkaError(f"no local broker in {self.run_dir}; start it first")
+        return _flock(self.run_dir / ".lock")
+
+    def _node(self, node_id: int) -> _Node:
+        cluster = self._cluster()
+        if cluster is None:
+            raise LocalKafkaError(f"no local broker in {self.run_dir}; start it first")
+        if not 1 <= node_id <= len(cluster):
+            raise LocalKafkaError(f"the local broker has nodes 1 to {len(cluster)}, not {node_id}")
+        return cluster[node_id - 1]
+
+    def _launch(self, nodes: list[_Node], started: float, timeout_s: float) -> None:
+        """Run the JVMs of ``nodes`` on their config and storage; wait until all answer.
+
+        All are spawned before any is waited for: a node of a cluster answers only once a
+        quorum of controllers runs.
+        """
         java = self._java()
         classpath = f"{self.ensure_jars()}/*"  # java expands the wildcard itself
-        log4j = self.run_dir / "log4j2.properties"
-        argv = [java, "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
-        # These two properties tag the process, so status() can tell it from a reused pid.
-        argv += [f"-Dfleet.kafka.version={self.version}", f"-Dfleet.run.dir={self.run_dir}"]
-        argv += [f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.run_dir}"]
-        argv += ["-cp", classpath, "kafka.Kafka", str(self._props_file)]
-        pid = self._spawn_detached(argv)
-        self._pid_file.write_text(f"{pid}\n")
-        self._log.info(f"waiting for Apache Kafka {self.version} on {bootstrap}", pid=pid)
-        self._wait_ready(pid, bootstrap, time.monotonic() + timeout_s)
+        launched: dict[int, _Node] = {}
+        for node in nodes:
+            argv = [java, "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+            # These two properties tag the process, so status() can tell it from a reused pid.
+            argv += [f"-Dfleet.kafka.version={self.version}", f"-Dfleet.run.dir={node.dir}"]
+            argv += [f"-Dlog4j2.configurationFile={node.log4j_file}"]
+            argv += [f"-Dkafka.logs.dir={node.dir}"]
+            argv += ["-cp", classpath, "kafka.Kafka", str(node.props_file)]
+            pid = _spawn_detached(argv, node)
+            node.pid_file.write_text(f"{pid}\n")
+            launched[pid] = node
+        addresses = ",".join(node.address for node in nodes)
         self._log.info(
-            f"local broker ready on {bootstrap}", seconds=_since(started), logs=str(self.log_file)
+            f"waiting for Apache Kafka {self.version} on {addresses}", pids=list(launched)
         )
-        return bootstrap
-
-    def _spawn_detached(self, argv: list[str]) -> int:
-        """Run argv in the background of a throwaway shell, in a new session.
-
-        The shell exits at once, so the broker is never our child: it outlives the CLI,
-        leaves no zombie for us to reap and no Popen object to warn on garbage collection.
-        """
-        script = 'log=$1; shift; "$@" >"$log" 2>&1 </dev/null & echo $!'
-        out = subprocess.run(
-            ["/bin/sh", "-c", script, "sh", str(self._console_file), *argv],
-            cwd=self.run_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-            start_new_session=True,
+        self._wait_ready(launched, time.monotonic() + timeout_s)
+        self._log.info(
+            f"local broker ready on {addresses}",
+            seconds=_since(started),
+            logs=[str(node.log_file) for node in nodes],
         )
-        return int(out.stdout.strip())
 
-    def _wait_ready(self, pid: int, bootstrap: str, deadline: float) -> None:
+    def _wait_ready(self, launched: dict[int, _Node], deadline: float) -> None:
         # With a fixed port the listener opens only once the broker is unfenced, so a
         # TCP connect plus a metadata answer means it is ready for clients.
-        while time.monotonic() < deadline:
-            if not self._is_ours(pid):
-                self._pid_file.unlink(missing_ok=True)
-                self._bootstrap_file.unlink(missing_ok=True)
-                raise LocalKafkaError(
-                    f"the local broker exited during start-up; last lines of its logs "
-                    f"({self.run_dir}):\n{self._log_tail()}"
-                )
-            if _answers(bootstrap, timeout_s=min(5.0, max(deadline - time.monotonic(), 0.5))):
-                return
-            time.sleep(0.2)
-        self._stop_locked(BrokerStatus(pid, bootstrap, self.version, self.run_dir), 10.0)
-        raise LocalKafkaError(
-            f"the local broker did not answer on {bootstrap} in time; last lines of its "
-            f"logs ({self.run_dir}):\n{self._log_tail()}"
-        )
+        waiting = dict(launched)
+        while waiting and time.monotonic() < deadline:
+            for pid, node in list(waiting.items()):
+                if not node.runs(pid):
+                    self._abort(launched)
+                    raise LocalKafkaError(
+                        f"the local broker exited during start-up; last lines of its logs "
+                        f"({node.dir}):\n{_log_tail(node)}"
+                    )
+                remaining = max(deadline - time.monotonic(), 0.5)
+                if _answers(node.address, timeout_s=min(5.0, remaining)):
+                    del waiting[pid]
+            if waiting:
+                time.sleep(0.2)
+        if waiting:
+            node = next(iter(waiting.values()))
+            self._abort(launched)
+            raise LocalKafkaError(
+                f"the local broker did not answer on {node.address} in time; last lines of "
+                f"its logs ({node.dir}):\n{_log_tail(node)}"
+            )
+
+    def _abort(self, launched: dict[int, _Node]) -> None:
+        """Stop the nodes of a failed launch; forget the cluster if no node is left."""
+        self._stop_pids(launched, timeout_s=10.0)
+        for node in launched.values():
+            node.pid_file.unlink(missing_ok=True)
+        if self.status() is None:
+            self._bootstrap_file.unlink(missing_ok=True)
 
     def stop(self, timeout_s: float = 30) -> bool:
-        """Stop this run dir's broker; return whether one was running."""
+        """Stop this run dir's broker (every node); return whether one was running."""
         if not self.run_dir.is_dir():
             return False
         with _flock(self.run_dir / ".lock"):
             running = self.status()
             if running is None:
-                self._pid_file.unlink(missing_ok=True)
-                self._bootstrap_file.unlink(missing_ok=True)
+                self._forget(self._cluster() or [])
                 return False
             self._stop_locked(running, timeout_s)
             return True
 
     def _stop_locked(self, running: BrokerStatus, timeout_s: float) -> None:
-        self._log.info(f"stopping local broker pid {running.pid}", grace_s=timeout_s)
+        cluster = self._nodes_of(running)
+        self._stop_pids({pid: cluster[i - 1] for i, pid in running.pids.items()}, timeout_s)
+        self._forget(cluster)
+
+    def _stop_pids(self, targets: dict[int, _Node], timeout_s: float) -> None:
+        pids = list(targets)
+        self._log.info(f"stopping local broker pid(s) {pids}", grace_s=timeout_s)
         # SIGTERM makes Kafka shut down cleanly; SIGKILL only after the grace period.
-        if not self._signal_and_wait(running.pid, signal.SIGTERM, timeout_s):
-            self._log.warning(f"broker pid {running.pid} still running; killing it")
-            if not self._signal_and_wait(running.pid, signal.SIGKILL, 10.0):
-                raise LocalKafkaError(f"could not stop the local broker (pid {running.pid})")
-        self._pid_file.unlink(missing_ok=True)
+        # All nodes at once, so their shutdowns overlap instead of adding up.
+        left = self._signal_and_wait(targets, signal.SIGTERM, timeout_s)
+        if left:
+            self._log.warning(f"broker pid(s) {left} still running; killing them")
+            left = self._signal_and_wait({pid: targets[pid] for pid in left}, signal.SIGKILL, 10.0)
+            if left:
+                raise LocalKafkaError(f"could not stop the local broker (pids {left})")
+
+    def _signal_and_wait(
+        self, targets: dict[int, _Node], sig: signal.Signals, wait_s: float
+    ) -> list[int]:
+        """Send ``sig`` to every pid; return those still running after ``wait_s``."""
+        for pid in targets:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = [pid for pid, node in targets.items() if node.runs(pid)]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.1)
+
+    def _forget(self, cluster: list[_Node]) -> None:
+        for node in cluster:
+            node.pid_file.unlink(missing_ok=True)
         self._bootstrap_file.unlink(missing_ok=True)
 
-    def _signal_and_wait(self, pid: int, sig: signal.Signals, wait_s: float) -> bool:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait_s
-        while self._is_ours(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
-
     def status(self) -> BrokerStatus | None:
-        """The broker of this run dir if its process is alive, else None."""
+        """The broker of this run dir if any of its node processes is alive, else None."""
+        cluster = self._cluster()
+        if cluster is None:
+            return None
+        pids: dict[int, int] = {}
+        version = self.version
+        for node in cluster:
+            try:
+                pid = int(node.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            args = _cmdline(pid)
+            if node.runs(pid, args):
+                pids[node.node_id] = pid
+                version = next(
+                    (a.split("=", 1)[1] for a in args if a.startswith("-Dfleet.kafka.version=")),
+                    version,
+                )
+        if not pids:
+            return None
+        bootstrap = ",".join(node.address for node in cluster)
+        pid = next(iter(pids.values()))
+        return BrokerStatus(pid, bootstrap, version, self.run_dir, pids)
+
+    def _cluster(self) -> list[_Node] | None:
+        """The nodes the bootstrap file records, or None if it records none."""
         try:
-            pid = int(self._pid_file.read_text().strip())
             bootstrap = self._bootstrap_file.read_text().strip()
-        except (OSError, ValueError):
+        except OSError:
             return None
-        args = _cmdline(pid)
-        if not self._is_ours(pid, args):
-            return None
-        version = next(
-            (a.split("=", 1)[1] for a in args if a.startswith("-Dfleet.kafka.version=")),
-            self.version,
-        )
-        return BrokerStatus(pid=pid, bootstrap=bootstrap, version=version, run_dir=self.run_dir)
+        return _layout(self.run_dir, bootstrap.split(",")) if bootstrap else None
 
-    def _is_ours(self, pid: int, args: list[str] | None = None) -> bool:
-        # A pid alone is not proof: after a reboot or a crash the number may belong to
-        # another process. Ours runs kafka.Kafka tagged with this run dir. (A zombie has
-        # an empty command line, so an exited broker counts as gone.)
-        args = _cmdline(pid) if args is None else args
-        return "kafka.Kafka" in args and f"-Dfleet.run.dir={self.run_dir}" in args
+    def _nodes_of(self, running: BrokerStatus) -> list[_Node]:
+        return _layout(running.run_dir, running.bootstrap.split(","))
 
-    def _log_tail(self) -> str:
-        # The first ERROR is usually the cause; the tail is mostly the shutdown that follows.
-        files = [f for f in (self._console_file, self.log_file) if f.is_file()]
-        text = "\n".join(f.read_text(errors="replace") for f in files)
-        first = next((line for line in text.splitlines() if " ERROR " in line), "")
-        return (f"first error: {first}\n" if first else "") + (_tail(text) or "(no log output)")
+
+def _spawn_detached(argv: list[str], node: _Node) -> int:
+    """Run argv in the background of a throwaway shell, in a new session.
+
+    The shell exits at once, so the broker is never our child: it outlives the CLI,
+    leaves no zombie for us to reap and no Popen object to warn on garbage collection.
+    """
+    script = 'log=$1; shift; "$@" >"$log" 2>&1 </dev/null & echo $!'
+    out = subprocess.run(
+        ["/bin/sh", "-c", script, "sh", str(node.console_file), *argv],
+        cwd=node.dir,
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+    )
+    return int(out.stdout.strip())
+
+
+def _log_tail(node: _Node) -> str:
+    # The first ERROR is usually the cause; the tail is mostly the shutdown that follows.
+    files = [f for f in (node.console_file, node.log_file) if f.is_file()]
+    text = "\n".join(f.read_text(errors="replace") for f in files)
+    first = next((line for line in text.splitlines() if " ERROR " in line), "")
+    return (f"first error: {first}\n" if first else "") + (_tail(text) or "(no log output)")
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -2,23 +2,31 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleet.errors import LocalKafkaError
-from fleet.localkafka import LocalKafka
+from fleet.localkafka import LocalKafka, _layout, _server_properties
 from fleet.settings import Settings
 
 
-def _local(run_dir: Path, **update: object) -> LocalKafka:
+def _local(run_dir: Path, nodes: int = 1, **update: object) -> LocalKafka:
     # The user's jar cache and version (FLEET_KAFKA_CACHE/VERSION) are shared; the run
     # dir is this test's own, so the broker started here is nobody else's.
     base = Settings.from_env(dict(os.environ))
-    return LocalKafka(base.model_copy(update={"kafka_run_dir": run_dir, **update}))
+    return LocalKafka(base.model_copy(update={"kafka_run_dir": run_dir, **update}), nodes)
 
 
 @pytest.mark.kafka
@@ -55,6 +63,99 @@ def test_start_is_idempotent_serves_records_and_stop_is_idempotent(tmp_path: Pat
     assert stopped is True
     assert local.status() is None
     assert local.stop() is False
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_three_nodes_lose_nothing_when_a_partition_leader_is_killed(tmp_path: Path) -> None:
+    cluster = _local(tmp_path / "run", nodes=3)
+    try:
+        bootstrap = cluster.start(timeout_s=120)
+        assert len(bootstrap.split(",")) == 3
+        status = cluster.status()
+        assert status is not None
+        assert sorted(status.pids) == [1, 2, 3]
+        assert cluster.start() == bootstrap  # finds the running cluster
+
+        topic = f"localkafka-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        new = NewTopic(topic, 3, 3, config={"min.insync.replicas": "2"})
+        admin.create_topics([new])[topic].result(timeout=30)
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True}
+        )
+        _produce(producer, topic, range(100))
+
+        leader = admin.list_topics(topic, timeout=10).topics[topic].partitions[0].leader
+        cluster.kill_node(leader)
+        down = cluster.status()
+        assert down is not None
+        assert sorted(down.pids) == sorted({1, 2, 3} - {leader})
+        # acks=all with min ISR 2 still succeeds once partition 0 has a new leader.
+        _produce(producer, topic, range(100, 200))
+        assert _read_partitions(bootstrap, topic, 3) == {
+            partition: [f"{partition}-{i}".encode() for i in range(200)] for partition in range(3)
+        }
+
+        cluster.start_node(leader, timeout_s=90)
+        assert _brokers(admin, want=3) == 3
+    finally:
+        assert cluster.stop() is True
+    assert cluster.status() is None
+
+
+def _produce(producer: Producer, topic: str, numbers: range) -> None:
+    failed: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err)
+
+    for i in numbers:
+        for partition in range(3):
+            producer.produce(
+                topic, value=f"{partition}-{i}", partition=partition, on_delivery=delivered
+            )
+    assert producer.flush(60) == 0
+    assert failed == []
+
+
+def _read_partitions(bootstrap: str, topic: str, partitions: int) -> dict[int, list[bytes | None]]:
+    """Every record of each partition, in offset order, up to its high watermark."""
+    # Assigned, not subscribed: with a node down the group coordinator may be unavailable
+    # (its RF 3 offsets topic is created on first use), and no group is needed to read.
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(partitions)
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        read: dict[int, list[bytes | None]] = {p: [] for p in range(partitions)}
+        deadline = time.monotonic() + 60
+        while any(len(read[p]) < ends[p] for p in read) and time.monotonic() < deadline:
+            for record in consumer.consume(500, timeout=1):
+                assert record.error() is None
+                read[record.partition()].append(record.value())
+    finally:
+        consumer.close()
+    return read
+
+
+def _brokers(admin: AdminClient, want: int) -> int:
+    # The restarted node answers once unfenced; the others' metadata may lag a moment.
+    deadline = time.monotonic() + 30
+    while True:
+        brokers = len(admin.list_topics(timeout=10).brokers)
+        if brokers == want or time.monotonic() > deadline:
+            return brokers
+        time.sleep(0.5)
 
 
 def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
@@ -104,3 +205,63 @@ def test_missing_maven_says_how_to_fix_it(tmp_path: Path) -> None:
     with pytest.raises(LocalKafkaError, match=r"Maven \(mvn\) is required"):
         no_mvn.ensure_jars()
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.unit
+def test_server_properties_replicate_by_cluster_size(tmp_path: Path) -> None:
+    def props(node_id: int, ports: list[tuple[int, int]]) -> dict[str, str]:
+        text = _server_properties(node_id, ports, tmp_path / "data")
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+    single = props(1, [(9092, 9093)])
+    assert single["node.id"] == "1"
+    assert single["controller.quorum.voters"] == "1@127.0.0.1:9093"
+    assert single["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert single["log.dirs"] == str(tmp_path / "data")
+
+    second = props(2, [(9092, 9093), (9192, 9193), (9292, 9293)])
+    assert second["node.id"] == "2"
+    assert second["controller.quorum.voters"] == (
+        "1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293"
+    )
+    assert second["listeners"] == "PLAINTEXT://127.0.0.1:9192,CONTROLLER://127.0.0.1:9193"
+    assert second["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9192"
+
+    # One node replicates nothing; three tolerate one node down for acks=all writes.
+    for config, replicas, min_isr in ((single, "1", "1"), (second, "3", "2")):
+        for key in (
+            "default.replication.factor",
+            "offsets.topic.replication.factor",
+            "transaction.state.log.replication.factor",
+            "share.coordinator.state.topic.replication.factor",
+        ):
+            assert config[key] == replicas, key
+        for key in (
+            "min.insync.replicas",
+            "transaction.state.log.min.isr",
+            "share.coordinator.state.topic.min.isr",
+        ):
+            assert config[key] == min_isr, key
+
+
+@pytest.mark.unit
+def test_a_single_broker_keeps_its_files_in_the_run_dir(tmp_path: Path) -> None:
+    (single,) = _layout(tmp_path, ["127.0.0.1:9092"])
+    assert single.pid_file == tmp_path / "broker.pid"
+    assert single.data == tmp_path / "data"
+    cluster = _layout(tmp_path, ["127.0.0.1:9092", "127.0.0.1:9192", "127.0.0.1:9292"])
+    assert [node.node_id for node in cluster] == [1, 2, 3]
+    assert cluster[2].dir == tmp_path / "node-3"
+    assert cluster[2].address == "127.0.0.1:9292"
+
+
+@pytest.mark.unit
+def test_node_operations_need_a_cluster(tmp_path: Path) -> None:
+    settings = Settings(kafka_cache_dir=tmp_path / "cache", kafka_run_dir=tmp_path / "run")
+    with pytest.raises(LocalKafkaError, match="at least one node"):
+        LocalKafka(settings, nodes=0)
+    local = LocalKafka(settings, nodes=3)
+    with pytest.raises(LocalKafkaError, match="start it first"):
+        local.kill_node(1)
+    with pytest.raises(LocalKafkaError, match="start it first"):
+        local.start_node(1)
