@@ -1,9 +1,11 @@
-"""The embedded local broker: Apache Kafka jars from Maven Central, run as a detached JVM.
+"""The embedded local broker: Apache Kafka jars from Maven Central, run as detached JVMs.
 
 This is the zero-setup default (DESIGN §9): no Docker, only Java 17+ and Maven. The jars
 are cached per version and shared by every run dir; a run dir holds one broker (its
-config, data, logs, pid and bootstrap files), so tests use their own run dir and never
-touch a user's broker.
+config, data, logs, pid and bootstrap files), or a cluster of a few KRaft nodes with
+those files per node in node-<i>/, so tests use their own run dir and never touch a
+user's broker. A cluster is for fault tests: ``kill_node`` crashes one node,
+``start_node`` brings it back on its own data and ports.
 """
 
 from __future__ import annotations
@@ -176,6 +178,10 @@ def _layout(run_dir: Path, addresses: Sequence[str]) -> list[_Node]:
     return [_Node(i, run_dir / f"node-{i}", a) for i, a in enumerate(addresses, start=1)]
 
 
+def _nodes_of(running: BrokerStatus) -> list[_Node]:
+    return _layout(running.run_dir, running.bootstrap.split(","))
+
+
 def _server_properties(node_id: int, ports: Sequence[tuple[int, int]], data: Path) -> str:
     """The config of node ``node_id`` of a cluster with each node's (PLAINTEXT, CONTROLLER)
     ports in ``ports``, node 1 first."""
@@ -290,7 +296,7 @@ class LocalKafka:
         with _flock(self.run_dir / ".lock"):
             running = self.status()
             if running is not None:
-                cluster = self._nodes_of(running)
+                cluster = _nodes_of(running)
                 if len(cluster) != self.nodes:
                     raise LocalKafkaError(
                         f"a {len(cluster)}-node local broker runs in {self.run_dir}, not "
@@ -356,7 +362,7 @@ class LocalKafka:
             self._stop_locked(running, timeout_s=30.0)
             time.sleep(down_s)
             self._bootstrap_file.write_text(f"{running.bootstrap}\n")
-            self._launch(self._nodes_of(running), time.monotonic(), timeout_s)
+            self._launch(_nodes_of(running), time.monotonic(), timeout_s)
             return running.bootstrap
 
     def kill_node(self, node_id: int) -> None:
@@ -477,7 +483,7 @@ class LocalKafka:
             return True
 
     def _stop_locked(self, running: BrokerStatus, timeout_s: float) -> None:
-        cluster = self._nodes_of(running)
+        cluster = _nodes_of(running)
         self._stop_pids({pid: cluster[i - 1] for i, pid in running.pids.items()}, timeout_s)
         self._forget(cluster)
 
@@ -544,9 +550,6 @@ class LocalKafka:
         except OSError:
             return None
         return _layout(self.run_dir, bootstrap.split(",")) if bootstrap else None
-
-    def _nodes_of(self, running: BrokerStatus) -> list[_Node]:
-        return _layout(running.run_dir, running.bootstrap.split(","))
 
 
 def _spawn_detached(argv: list[str], node: _Node) -> int:
