@@ -79,6 +79,12 @@ class KafkaClients:
             "socket.nagle.disable": True,
             "error_cb": _log_client_error,
             "logger": _LIBRDKAFKA_LOG,
+            # librdkafka's default "rebootstrap" decommissions every known broker once all
+            # are down (one broker restarting is enough); a decommissioned broker left as
+            # cached group coordinator makes send_offsets_to_transaction() hang past its
+            # own timeout (librdkafka#5511, open in 2.16; reproduced here with a single
+            # broker restart). "none" keeps the brokers and reconnects to them.
+            "metadata.recovery.strategy": "none",
             **self.settings.client_config,
         }
 

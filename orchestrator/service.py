@@ -8,6 +8,7 @@ batch or none of it; a zombie instance is fenced by its stale group generation.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import signal
 import threading
@@ -53,6 +54,9 @@ log = structlog.get_logger()
 COMMIT_SLICE_S = 2.0  # one commit_transaction call; the loop re-checks stop between calls
 COMMIT_WAIT_S = 30.0  # then the outcome is left to the coordinator and the process exits
 ABORT_WAIT_S = 30.0
+# Longer than any bounded wait of one batch (send offsets 30 s + commit 30 s + abort and
+# rebuild); only a call that ignores its own timeout reaches it.
+TRANSACTION_WATCHDOG_S = 150.0
 
 
 class CapabilityTopics:
@@ -154,6 +158,16 @@ class Orchestrator:
         return min(0.2, max(0.0, due / 1000 - time.time()))
 
     def _transact(self, records: list[Message], now_ms: int) -> None:
+        # A transaction call that hangs past its own timeout (librdkafka bugs do that)
+        # must not wedge the partitions this instance owns: the watchdog dumps every
+        # stack and exits, and a fresh instance restores the committed state.
+        faulthandler.dump_traceback_later(TRANSACTION_WATCHDOG_S, exit=True)
+        try:
+            self._transact_batch(records, now_ms)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+    def _transact_batch(self, records: list[Message], now_ms: int) -> None:
         try:
             self.producer.begin_transaction()
             offsets: dict[tuple[str, int], int] = {}
@@ -208,6 +222,8 @@ class Orchestrator:
             raise BrokerError(f"transaction failed for good: {exc}") from exc
         log.warning("transaction aborted; rebuilding state from the changelog", error=str(error))
         self.producer.abort_transaction(ABORT_WAIT_S)
+        # The rebuild has its own deadline (and may wait out another owner's transaction).
+        faulthandler.cancel_dump_traceback_later()
         # Everything this batch changed in memory is void: rebuild from what is committed.
         self.engine.forget(lambda _workflow_id: False)
         self.partition_of.clear()
