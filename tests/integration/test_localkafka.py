@@ -122,8 +122,8 @@ def _produce(producer: Producer, topic: str, numbers: range) -> None:
 
 def _read_partitions(bootstrap: str, topic: str, partitions: int) -> dict[int, list[bytes | None]]:
     """Every record of each partition, in offset order, up to its high watermark."""
-    # Assigned, not subscribed: with a node down the group coordinator may be unavailable
-    # (its RF 3 offsets topic is created on first use), and no group is needed to read.
+    # Assigned, not subscribed: no group rebalance to wait for, and each partition is
+    # read from its first offset to the high watermark taken here.
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
