@@ -129,6 +129,24 @@ class Engine:
             effects.dropped.append(f"workflow {workflow_id}: already active; submit ignored")
             return effects
         if (finished := self._store.finished(workflow_id)) is not None:
+            if not finished.announced:
+                # Cancelled before it was submitted: this submission gets the one
+                # terminal event, and no work is dispatched.
+                name = request.spec.get("name") if isinstance(request.spec, dict) else None
+                effects.events.append(
+                    event(
+                        workflow_id,
+                        EventKind.CANCELLED,
+                        now_ms,
+                        workflow_name=name if isinstance(name, str) else None,
+                        submitted_at_ms=request.submitted_at_ms,
+                        error=WorkflowError(
+                            type="Cancelled", message="cancelled before it was submitted"
+                        ),
+                    )
+                )
+                self._store.finish(workflow_id, EventKind.CANCELLED, now_ms)
+                return effects
             effects.dropped.append(
                 f"workflow {workflow_id}: already finished ({finished.kind.value}); submit ignored"
             )
@@ -213,8 +231,19 @@ class Engine:
         state = self._store.get(workflow_id)
         if state is None:
             finished = self._store.finished(workflow_id)
-            why = "unknown" if finished is None else f"already finished ({finished.kind.value})"
-            effects.dropped.append(f"cancel of workflow {workflow_id}: {why}; ignored")
+            if finished is None:
+                # The cancel overtook its submission (another client, or a retry that
+                # landed first): remember it, so the submission ends cancelled.
+                self._store.finish(workflow_id, EventKind.CANCELLED, now_ms, announced=False)
+                effects.dropped.append(
+                    f"cancel of workflow {workflow_id}: not submitted yet; a submission "
+                    "within the retention period ends cancelled"
+                )
+                return effects
+            effects.dropped.append(
+                f"cancel of workflow {workflow_id}: already finished ({finished.kind.value}); "
+                "ignored"
+            )
             return effects
         error = WorkflowError(type="Cancelled", message=request.reason or "cancelled")
         effects.events.append(state_event(state, EventKind.CANCELLED, now_ms, error=error))

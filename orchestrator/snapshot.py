@@ -67,7 +67,15 @@ def encode_active(state: WorkflowState) -> dict[str, JsonValue]:
 
 
 def encode_finished(finished: FinishedWorkflow) -> dict[str, JsonValue]:
-    return {"v": VERSION, "state": "finished", "kind": finished.kind.value, "at_ms": finished.at_ms}
+    record: dict[str, JsonValue] = {
+        "v": VERSION,
+        "state": "finished",
+        "kind": finished.kind.value,
+        "at_ms": finished.at_ms,
+    }
+    if not finished.announced:  # omitted when true: older records read the same
+        record["announced"] = False
+    return record
 
 
 class _Record(BaseModel):
@@ -107,6 +115,7 @@ class _Finished(_Record):
     state: Literal["finished"]
     kind: EventKind
     at_ms: int
+    announced: bool = True
 
 
 _RECORD: TypeAdapter[_Active | _Finished] = TypeAdapter(
@@ -123,7 +132,7 @@ def decode(workflow_id: str, record: JsonValue) -> WorkflowState | FinishedWorkf
     if isinstance(parsed, _Finished):
         if not parsed.kind.terminal:
             raise DecodeError(f"state record of workflow {workflow_id}: {parsed.kind} is not final")
-        return FinishedWorkflow(parsed.kind, parsed.at_ms)
+        return FinishedWorkflow(parsed.kind, parsed.at_ms, parsed.announced)
     state = WorkflowState(
         workflow_id,
         parsed.spec,

@@ -97,6 +97,9 @@ class FinishedWorkflow:
 
     kind: EventKind  # COMPLETED, FAILED, CANCELLED or REJECTED
     at_ms: int  # time of the terminal event
+    # False for a cancel that came before its submission: the terminal event is owed
+    # to the submission when it arrives (and only then), so each workflow gets one.
+    announced: bool = True
 
 
 def duration_ms(seconds: float) -> int:

@@ -86,11 +86,13 @@ class WorkflowStore:
         run.retry_at_ms = due_ms
         self._timers.set(Timer(due_ms, TimerKind.RETRY, workflow_id, task_id))
 
-    def finish(self, workflow_id: str, kind: EventKind, now_ms: int) -> None:
+    def finish(
+        self, workflow_id: str, kind: EventKind, now_ms: int, *, announced: bool = True
+    ) -> None:
         """Replace an active workflow (or nothing, for a rejected one) by its finished
         record, kept ``retention_ms`` so a repeated submission is recognised."""
         self._drop(workflow_id)
-        self._finished[workflow_id] = FinishedWorkflow(kind, now_ms)
+        self._finished[workflow_id] = FinishedWorkflow(kind, now_ms, announced)
         expiry = now_ms + self.retention_ms
         self._timers.set(Timer(expiry, TimerKind.EXPIRY, workflow_id, WORKFLOW))
         self.touch(workflow_id)

@@ -381,3 +381,18 @@ def test_cancel_ends_a_running_workflow_once_and_dispatches_nothing_after(fleet:
         ]
     reader.close()
     assert dispatched == [f"{workflow_id}/slow/0".encode()]
+
+
+def test_a_cancel_that_overtakes_its_submission_ends_it_cancelled(fleet: Fleet) -> None:
+    workflow_id = f"wf-early-{uuid.uuid4().hex[:8]}"
+    fleet.client.cancel(workflow_id, reason="changed my mind")  # before any submission
+    consumer = fleet.client.event_consumer(from_beginning=False)
+    fleet.client.submit({"name": "late", "steps": [noop("a", {})]}, workflow_id)
+    ended = lambda e: e.workflow_id == workflow_id and e.kind.terminal  # noqa: E731
+    seen = list(fleet.client.events(consumer, until=ended, timeout_s=30))
+    seen += fleet.client.events(consumer, timeout_s=2)  # nothing may follow it
+    events = [e for e in seen if e.workflow_id == workflow_id]
+    consumer.close()
+    assert [e.kind for e in events] == [EventKind.CANCELLED]
+    assert events[0].error is not None
+    assert events[0].error.message == "cancelled before it was submitted"

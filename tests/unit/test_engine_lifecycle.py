@@ -123,9 +123,42 @@ def test_cancel_without_a_reason_says_cancelled() -> None:
     assert error == WorkflowError(type="Cancelled", message="cancelled")
 
 
-def test_cancel_of_an_unknown_or_finished_workflow_is_dropped() -> None:
+def test_a_cancel_that_overtakes_its_submission_ends_it_cancelled_once() -> None:
     e = engine()
-    assert cancel(e, "ghost") == Effects(dropped=["cancel of workflow ghost: unknown; ignored"])
+    early = cancel(e, "wf-1", now=1_000)
+    assert early == Effects(
+        dropped=[
+            "cancel of workflow wf-1: not submitted yet; a submission within the retention "
+            "period ends cancelled"
+        ]
+    )
+    remembered = e.take_changes()
+    assert remembered == {
+        "wf-1": {
+            "v": 1,
+            "state": "finished",
+            "kind": "CANCELLED",
+            "at_ms": 1_000,
+            "announced": False,
+        }
+    }
+    # A new owner restores the promise from the changelog and keeps it.
+    fresh = engine()
+    fresh.restore("wf-1", remembered["wf-1"])
+    for owner in (e, fresh):
+        late = submit(owner, spec(step("a")))
+        assert late.tasks == []
+        assert terminal(late).kind is EventKind.CANCELLED
+        assert terminal(late).error == WorkflowError(
+            type="Cancelled", message="cancelled before it was submitted"
+        )
+        assert submit(owner, spec(step("a"))).dropped == [
+            "workflow wf-1: already finished (CANCELLED); submit ignored"
+        ]
+
+
+def test_cancel_of_a_finished_workflow_is_dropped() -> None:
+    e = engine()
     [a] = submit(e, spec(step("a"))).tasks
     e.on_result(result(a, 1), 2_000)
     e.take_changes()

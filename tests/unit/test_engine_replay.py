@@ -131,15 +131,18 @@ class World:
             workflow_id = event.workflow_id
             if event.kind is EventKind.ACCEPTED:
                 assert workflow_id not in self.open
-                self.incarnation[workflow_id] += 1
+                self.new_incarnation(workflow_id)
                 self.open.add(workflow_id)
-                # The id is reused only after the old incarnation's record expired. Task
-                # ids carry no incarnation, so answers to the old one must not outlive
-                # the retention: the model drops them here.
-                self.pending = [t for t in self.pending if t.workflow_id != workflow_id]
-                self.delivered = [r for r in self.delivered if r.workflow_id != workflow_id]
+            elif event.kind.terminal and workflow_id not in self.open:
+                # Only a submission that an earlier cancel overtook ends without being
+                # accepted: an incarnation that opens and closes at once, with no work.
+                assert event.kind is EventKind.CANCELLED, f"terminal for a closed {workflow_id}"
+                assert event.error is not None
+                assert event.error.message == "cancelled before it was submitted"
+                self.new_incarnation(workflow_id)
+                self.terminals[(workflow_id, self.incarnation[workflow_id])] += 1
+                self.outcomes[event.kind] += 1
             elif event.kind.terminal:
-                assert workflow_id in self.open, f"terminal event for a closed {workflow_id}"
                 self.open.discard(workflow_id)
                 self.terminals[(workflow_id, self.incarnation[workflow_id])] += 1
                 self.outcomes[event.kind] += 1
@@ -154,6 +157,14 @@ class World:
                 assert self.dispatched[(*key[:3], task.attempt - 1)] == 1
             self.dispatched[key] += 1
         self.pending.extend(fx.tasks)
+
+    def new_incarnation(self, workflow_id: str) -> None:
+        self.incarnation[workflow_id] += 1
+        # The id is reused only after the old incarnation's record expired. Task ids carry
+        # no incarnation, so answers to the old one must not outlive the retention: the
+        # model drops them here.
+        self.pending = [t for t in self.pending if t.workflow_id != workflow_id]
+        self.delivered = [r for r in self.delivered if r.workflow_id != workflow_id]
 
     def check_state(self) -> None:
         engine = self.primary
