@@ -12,7 +12,8 @@ PRODUCT_SESSION_TIMEOUT_MS = 45_000  # librdkafka's default session.timeout.ms
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """One run. The presets are :meth:`soak` (issue 3's full run) and :meth:`short` (CI)."""
+    """One run. The presets are :meth:`soak` (issue 3's full run), :meth:`short` (CI) and
+    :meth:`cluster` (three brokers, one of them killed)."""
 
     workflows: int = 1000
     seed: int = 1
@@ -23,7 +24,8 @@ class FaultConfig:
     orchestrator_kills: int = 10
     worker_kills: int = 10
     pauses: int = 1  # SIGSTOP an orchestrator past its session timeout, then SIGCONT
-    broker_restarts: int = 1
+    broker_restarts: int = 1  # the whole broker (every node) stopped and started again
+    broker_kills: int = 0  # kill -9 one broker node, start it again after node_down_s
     garbage_rounds: int = 3  # each round: every garbage kind into every consumed topic
     cancellations: bool = True  # one workflow in 20 is cancelled (if the client can)
     fault_gap_s: float = 2.0  # faults never come closer than this
@@ -33,6 +35,10 @@ class FaultConfig:
     session_timeout_ms: int | None = 6000
     pause_s: float | None = None  # default: past the session timeout with a margin
     broker_down_s: float = 2.0
+    node_down_s: float = 5.0
+    # Brokers > 1: a local cluster, and the fleet's topics get replication factor
+    # min(brokers, 3) with min.insync.replicas one lower, so one node may die.
+    brokers: int = 1
     startup_s: float = 180.0  # broker, processes and the first workflow end to end
     wait_s: float = 600.0  # after the last submission, for every terminal event
     settle_s: float = 5.0  # then this long more, so a late duplicate would show
@@ -63,6 +69,22 @@ class FaultConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def cluster(cls, **overrides: Any) -> FaultConfig:
+        """The short run on three brokers: one node killed, no whole-broker restart."""
+        values: dict[str, Any] = {
+            "workflows": 300,
+            "brokers": 3,
+            "broker_kills": 1,
+            "broker_restarts": 0,
+            "orchestrator_kills": 2,
+            "worker_kills": 2,
+            "wait_s": 180.0,
+            "startup_s": 180.0,
+        }
+        values.update(overrides)
+        return cls.short(**values)
 
     @property
     def effective_pause_s(self) -> float:

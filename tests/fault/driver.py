@@ -1,4 +1,4 @@
-"""The fault driver: a real fleet under kill -9, SIGSTOP, a broker restart and garbage.
+"""The fault driver: a real fleet under kill -9, SIGSTOP, broker faults and garbage.
 
 It starts its own broker (``fleet.localkafka``, or uses ``KAFKA_BOOTSTRAP_SERVERS``), a
 unique topic namespace, N orchestrators and M worker processes, submits a seeded mix of
@@ -11,10 +11,15 @@ invariants 1 and 2 against expectations computed here, in plain Python, from the
 * no task is dispatched after its workflow's terminal event, and no (task, attempt) twice;
 * the dead letters are exactly the injected garbage.
 
+Broker faults: a restart of the whole broker and, with ``brokers=3`` (the ``cluster``
+preset: a local three-node cluster, the fleet's topics at replication factor 3 and
+min.insync.replicas 2), ``kill -9`` of one node, started again a few seconds later.
+
 Everything is bounded by deadlines and every process and broker it started is stopped in
 ``finally``. Library: :func:`run_faults` returns a :class:`FaultSummary`. CLI::
 
-    python -m tests.fault.driver [--preset soak|short] [--workflows N] [--seed S] [--runs K]
+    python -m tests.fault.driver [--preset soak|short|cluster] [--workflows N] [--seed S]
+                                 [--runs K] [--brokers B] [--broker-kills N] ...
 
 The modules of ``tests/fault``, one concept each:
 
@@ -24,7 +29,8 @@ The modules of ``tests/fault``, one concept each:
 * ``plan``: the seeded fault schedule;
 * ``checker``: the invariants, pure, over what was read back;
 * ``recovery``: recovery times after each fault, pure;
-* ``log``, ``processes``: the driver's log; the fleet's processes and the broker;
+* ``log``, ``processes``: the driver's log; the fleet's processes;
+* ``broker``: the broker or cluster, its restart and node kills, replicated topics;
 * ``threads``: the watcher, the submitter and the fault thread;
 * ``readback``: reading a topic to its end;
 * ``live``: one run, from the broker's start to the verdict, and its clean-up;
@@ -39,7 +45,7 @@ import argparse
 import random
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +72,21 @@ def run_faults(config: FaultConfig) -> FaultSummary:
         run.close(passed=passed)
 
 
+PRESETS: dict[str, Callable[..., FaultConfig]] = {
+    "soak": FaultConfig.soak,
+    "short": FaultConfig.short,
+    "cluster": FaultConfig.cluster,
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fault.driver", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--preset", choices=["soak", "short"], default="soak")
-    parser.add_argument("--workflows", type=int, help="default: 1000 (soak), 200 (short)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="soak")
+    parser.add_argument(
+        "--workflows", type=int, help="default: 1000 (soak), 200 (short), 300 (cluster)"
+    )
     parser.add_argument("--seed", type=int, help="default: random; run k uses seed + k")
     parser.add_argument(
         "--runs", type=int, default=1, help="consecutive runs; stops at the first failure"
@@ -80,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, help="workflows submitted per second")
     parser.add_argument("--orchestrators", type=int)
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--brokers", type=int, help="local broker nodes (default: 1; cluster: 3)")
+    parser.add_argument("--broker-kills", type=int, help="kill -9 of one broker node, each")
+    parser.add_argument("--broker-restarts", type=int, help="stops and starts of the whole broker")
     parser.add_argument(
         "--session-timeout-ms",
         type=int,
@@ -104,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("rate", "submit_rate"),
         ("orchestrators", "orchestrators"),
         ("workers", "workers"),
+        ("brokers", "brokers"),
+        ("broker_kills", "broker_kills"),
+        ("broker_restarts", "broker_restarts"),
     ):
         if getattr(args, name) is not None:
             overrides[key] = getattr(args, name)
@@ -119,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     passed = 0
     for k in range(args.runs):
         run_dir = args.run_dir / f"run-{k + 1}" if args.run_dir else None
-        preset = FaultConfig.short if args.preset == "short" else FaultConfig.soak
-        config = preset(**overrides, seed=base_seed + k, run_dir=run_dir)
+        config = PRESETS[args.preset](**overrides, seed=base_seed + k, run_dir=run_dir)
         print(f"\n=== run {k + 1}/{args.runs} (seed {config.seed}) ===", flush=True)
         try:
             summary = run_faults(config)

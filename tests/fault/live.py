@@ -23,12 +23,13 @@ from fleet.messages import DeadLetter, TaskAssigned, WorkflowEvent
 from fleet.settings import Settings
 from fleet.supervisor import Supervisor
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from tests.fault.broker import Broker, write_replicated_topology
 from tests.fault.checker import SeenEvent, SeenLetter, check_run
 from tests.fault.config import WORKER_APP, FaultConfig
 from tests.fault.garbage import GarbageInjector
 from tests.fault.log import DriverLog
 from tests.fault.plan import plan_faults
-from tests.fault.processes import Broker, Processes
+from tests.fault.processes import Processes, wait_for_pools
 from tests.fault.readback import RawRecord, read_topic
 from tests.fault.recovery import recovery_times
 from tests.fault.summary import FaultSummary
@@ -68,13 +69,19 @@ class LiveRun:
             update={"kafka_run_dir": self.run_dir / "kafka", "topic_prefix": f"fault-{tag}."}
         )
         self.watchdog = Watchdog(base.topic_prefix, base.kafka_run_dir.resolve())
+        if config.brokers > 1:  # every fleet process gets it as FLEET_TOPOLOGY
+            topology_file = write_replicated_topology(
+                base.topology_file, self.run_dir, config.brokers
+            )
+            base = base.model_copy(update={"topology_file": topology_file})
+            log(f"{config.brokers} brokers: the fleet's topics are replicated ({topology_file})")
         if base.bootstrap_servers:
             bootstrap = base.bootstrap_servers
             log(f"using the cluster at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
         else:
-            self.local = LocalKafka(base)
+            self.local = LocalKafka(base, nodes=config.brokers)
             self.started_broker = True
-            bootstrap = self.local.start(timeout_s=120)
+            bootstrap = self.local.start(timeout_s=120 if config.brokers == 1 else 240)
             self._lap("broker start", began)
             log(f"local broker up on {bootstrap}")
         settings = base.with_bootstrap(bootstrap)
@@ -92,16 +99,7 @@ class LiveRun:
         self.supervisor = Supervisor(settings, self.run_dir / "logs")
         self.processes = Processes(self.supervisor, config, log)
         self.processes.start_all()
-        # A throwaway client: a describe request of wait_for_pools that timed out stays in
-        # librdkafka, and the next broker restart then aborts the process (assertion
-        # rd_kafka_enq_once_del_source_return: eonce->refcnt > 0); destroying it avoids that.
-        pools = FleetClient(settings, role="fault-pools")
-        try:
-            pools.wait_for_pools(capabilities, config.workers, timeout_s=config.startup_s)
-        finally:
-            pools.close()
-        del pools
-        gc.collect()
+        wait_for_pools(settings, capabilities, config.workers, config.startup_s, log)
         control = self._client(settings, "fault-control")
         watcher = Watcher(control)
         self.threads.append(watcher)
@@ -135,7 +133,7 @@ class LiveRun:
         log("first workflow ended: the fleet is up; faults begin")
 
         injector = GarbageInjector(clients, control.codec, topics, capabilities, config.seed)
-        broker = Broker(self.local, bootstrap)
+        broker = Broker(self.local, bootstrap, log)
         window = max(0.0, config.submit_window_s - (time.monotonic() - sub_started))
         plan = plan_faults(config, random.Random(config.seed), window)
         log(f"fault plan ({len(plan)}): " + ", ".join(f"{p.kind}@{p.at_s:.0f}s" for p in plan))
@@ -228,6 +226,7 @@ class LiveRun:
         self._lap("total", began)
         return FaultSummary(
             seed=config.seed,
+            brokers=config.brokers,
             workflows=len(submitter.acked_ms),
             shapes=dict(Counter(i.shape.value for i in submitted_items)),
             outcomes=dict(verdict.outcomes),
@@ -327,7 +326,9 @@ class LiveRun:
             with contextlib.suppress(Exception):
                 self.local.stop()
             if passed and not self.config.keep_data:
-                shutil.rmtree(self.run_dir / "kafka" / "data", ignore_errors=True)
+                kafka = self.run_dir / "kafka"  # a cluster keeps node i's in node-i/data
+                for data in [kafka / "data", *kafka.glob("node-*/data")]:
+                    shutil.rmtree(data, ignore_errors=True)
         if self.watchdog is not None:
             self.watchdog.close()
         self.log.close()

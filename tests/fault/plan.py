@@ -14,6 +14,7 @@ class FaultKind(StrEnum):
     KILL_WORKER = "kill -9 worker"
     PAUSE_ORCHESTRATOR = "SIGSTOP orchestrator"
     RESTART_BROKER = "restart broker"
+    KILL_BROKER_NODE = "kill -9 broker node"
     GARBAGE = "inject garbage"
 
 
@@ -26,7 +27,8 @@ class PlannedFault:
 def plan_faults(config: FaultConfig, rng: random.Random, window_s: float) -> list[PlannedFault]:
     """The schedule: kinds in seeded order at evenly spread, jittered times in the window.
 
-    The broker restart sits near the middle (work in flight on both sides of it).
+    Broker node kills are spread evenly over the run and the broker restart sits near
+    the middle (work in flight on both sides of each).
     """
     kinds = (
         [FaultKind.KILL_ORCHESTRATOR] * config.orchestrator_kills
@@ -35,6 +37,9 @@ def plan_faults(config: FaultConfig, rng: random.Random, window_s: float) -> lis
         + [FaultKind.GARBAGE] * config.garbage_rounds
     )
     rng.shuffle(kinds)
+    others = len(kinds)
+    for k in reversed(range(config.broker_kills)):  # from the back: earlier places hold
+        kinds.insert(others * (k + 1) // (config.broker_kills + 1), FaultKind.KILL_BROKER_NODE)
     for _ in range(config.broker_restarts):
         kinds.insert(len(kinds) // 2, FaultKind.RESTART_BROKER)
     if not kinds:

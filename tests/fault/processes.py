@@ -1,8 +1,8 @@
 """The fleet's processes: killed, paused and brought back like a supervisor would.
 
 One :class:`Slot` per role instance (``orchestrator-2`` keeps its name across restarts);
-:class:`Processes` starts, kills, pauses and restarts them; :class:`Broker` wraps the
-broker the driver started (restartable) or an external one (not).
+:class:`Processes` starts, kills, pauses and restarts them; :func:`wait_for_pools` waits
+until the worker pools are ready.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleet.errors import FleetError
-from fleet.localkafka import LocalKafka
-from fleet.supervisor import Child, Supervisor
+from fleet.settings import Settings
+from fleet.supervisor import Child, Supervisor, child_env
 from tests.fault.config import WORKER_APP, FaultConfig
 from tests.fault.log import DriverLog
 
@@ -154,25 +157,44 @@ class Processes:
         return {s.name: codes.get(s.name) for s in self.slots}
 
 
-class Broker:
-    """The broker the driver started (restartable) or an external one (not)."""
+# FleetClient.wait_for_pools asks describe_consumer_groups, which can abort the whole
+# process inside librdkafka (assertion rd_kafka_enq_once_del_source_return: eonce->refcnt
+# > 0; confluentinc/librdkafka#4605): then, or at the next broker restart if the request
+# timed out. On a cluster, whose group coordinator is looked up first, it happens at
+# start-up. So the driver asks from a child process, and asks again if that one aborts.
+_WAIT_FOR_POOLS = """
+import os, sys
+from fleet.client import FleetClient
+from fleet.settings import Settings
+client = FleetClient(Settings.from_env(os.environ), role="fault-pools")
+client.wait_for_pools(sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3]))
+client.close()
+"""
 
-    def __init__(self, local: LocalKafka | None, bootstrap: str) -> None:
-        self.local = local
-        self.bootstrap = bootstrap
 
-    def restart_unsupported(self) -> str | None:
-        if self.local is None:
-            return "KAFKA_BOOTSTRAP_SERVERS names an external cluster; the driver cannot restart it"
-        return None
-
-    def restart(self, down_s: float) -> float:
-        """Stop, stay down ``down_s``, start on the same data; return seconds down."""
-        assert self.local is not None
-        stopped = time.monotonic()
-        bootstrap = self.local.restart(down_s=down_s, timeout_s=120)
-        if bootstrap != self.bootstrap:
-            raise FleetError(
-                f"the broker came back on {bootstrap}, not {self.bootstrap}: clients cannot follow"
+def wait_for_pools(
+    settings: Settings, capabilities: Sequence[str], members: int, timeout_s: float, log: DriverLog
+) -> None:
+    """Block until each capability's worker group is stable with ``members`` members."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(deadline - time.monotonic(), 1.0)
+        argv = [sys.executable, "-c", _WAIT_FOR_POOLS, ",".join(capabilities), str(members)]
+        try:
+            done = subprocess.run(
+                [*argv, str(left)],
+                env=child_env(settings, {"FLEET_LOG_LEVEL": "error"}),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=left + 60,
+                check=False,
             )
-        return time.monotonic() - stopped
+        except subprocess.TimeoutExpired as exc:
+            raise FleetError(f"waiting for the worker pools hung past {left + 60:.0f} s") from exc
+        if done.returncode == 0:
+            return
+        tail = done.stderr.strip()[-800:]
+        if done.returncode != -signal.SIGABRT or time.monotonic() > deadline:
+            raise FleetError(f"the worker pools were not ready (exit {done.returncode}): {tail}")
+        log(f"waiting for the worker pools aborted in librdkafka; asking again ({tail[:120]})")

@@ -15,6 +15,7 @@ class FaultSummary:
     """What a run did and found. ``ok`` is True when no invariant was violated."""
 
     seed: int
+    brokers: int
     workflows: int
     shapes: dict[str, int]
     outcomes: dict[str, int]
@@ -60,7 +61,8 @@ def _stats(values: Sequence[float | None]) -> str:
 def format_summary(s: FaultSummary) -> str:
     verdict = "PASS" if s.ok else "FAIL"
     lines = [
-        f"fault run  seed {s.seed}  workflows {s.workflows}  {verdict}  (logs: {s.run_dir})",
+        f"fault run  seed {s.seed}  workflows {s.workflows}  brokers {s.brokers}  {verdict}  "
+        f"(logs: {s.run_dir})",
         f"  invariants   duplicates found: {s.duplicates}  lost: {s.lost}  "
         f"wrong outputs: {s.wrong_outputs}  wrong outcomes: {s.wrong_kinds}  "
         f"tasks after terminal: {s.tasks_after_terminal}  "

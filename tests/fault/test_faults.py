@@ -1,20 +1,24 @@
 """Fault tests: the driver's pure parts (unit) and the runs themselves (fault).
 
-``test_short_fault_run`` is CI-sized; ``test_fault_soak`` is issue 3's full run and only
+``test_short_fault_run`` is CI-sized; ``test_three_broker_cluster_fault_run`` kills one
+node of a three-broker cluster mid-run; ``test_fault_soak`` is issue 3's full run and only
 runs when asked for (``-m slow``, or FLEET_FAULT_SOAK=1); ``scripts/faults`` runs it
 several times in a row.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import JsonValue
 
 from fleet.codec import Codec, SchemaStore
@@ -36,6 +40,7 @@ from fleet.settings import Settings
 from fleet.topology import Topics, Topology
 from orchestrator.engine import Engine
 from orchestrator.spec import parse_spec
+from tests.fault.broker import replicated_topology
 from tests.fault.checker import SeenEvent, SeenLetter, canonical, check_run
 from tests.fault.config import FaultConfig
 from tests.fault.driver import run_faults
@@ -297,6 +302,39 @@ def test_fault_plan_is_seeded_bounded_and_spread() -> None:
 
 
 @pytest.mark.unit
+def test_broker_node_kills_are_spread_and_the_cluster_preset_has_no_restart() -> None:
+    config = FaultConfig.cluster()
+    assert (config.brokers, config.broker_kills, config.broker_restarts) == (3, 1, 0)
+    kinds = [p.kind for p in plan_faults(config, random.Random(4), window_s=60.0)]
+    assert kinds.count(FaultKind.KILL_BROKER_NODE) == 1
+    assert FaultKind.RESTART_BROKER not in kinds
+    assert kinds.index(FaultKind.KILL_BROKER_NODE) == (len(kinds) - 1) // 2
+    six = FaultConfig.soak(
+        orchestrator_kills=3, worker_kills=3, pauses=0, garbage_rounds=0, broker_restarts=0
+    )
+    kinds = [p.kind for p in plan_faults(replace(six, broker_kills=2), random.Random(4), 60.0)]
+    where = [n for n, kind in enumerate(kinds) if kind is FaultKind.KILL_BROKER_NODE]
+    assert where == [2, 5]  # a third and two thirds of the way through the six others
+
+
+@pytest.mark.unit
+def test_replicated_topology_for_a_cluster() -> None:
+    raw = yaml.safe_load(SETTINGS.topology_file.read_text())
+    before = copy.deepcopy(raw)
+    three = Topology.model_validate(replicated_topology(raw, 3))
+    assert raw == before  # the source is not changed
+    assert three.replication_factor == 3
+    specs = [*three.topics.values(), three.task_topics]
+    assert {s.config["min.insync.replicas"] for s in specs} == {"2"}
+    original = Topology.model_validate(raw)
+    for name, spec in original.topics.items():  # nothing else changes
+        assert {**spec.config, "min.insync.replicas": "2"} == three.topics[name].config
+        assert spec.partitions == three.topics[name].partitions
+    two = Topology.model_validate(replicated_topology(raw, 2))
+    assert (two.replication_factor, two.task_topics.config["min.insync.replicas"]) == (2, "1")
+
+
+@pytest.mark.unit
 def test_pause_outlasts_the_session_timeout() -> None:
     assert FaultConfig.short().effective_pause_s > 6.0
     assert FaultConfig.soak(session_timeout_ms=None).effective_pause_s == 50.0
@@ -479,6 +517,7 @@ def test_recovery_times_until_the_fleet_and_every_busy_partition_move() -> None:
 def _summary(**changes: Any) -> FaultSummary:
     values: dict[str, Any] = {
         "seed": 1,
+        "brokers": 1,
         "workflows": 10,
         "shapes": {"linear": 10},
         "outcomes": {"COMPLETED": 10},
@@ -516,6 +555,7 @@ def test_summary_table_says_pass_or_fail_with_the_counts() -> None:
     text = format_summary(_summary())
     assert "PASS" in text and "duplicates found: 0" in text and "lost: 0" in text
     assert re.search(r"kill -9 orchestrator\s+1", text)
+    assert re.search(r"kill -9 broker node\s+0", text) and "brokers 1" in text
     failing = _summary(lost=2, violations=["workflows without a terminal event (lost): 2"])
     assert not failing.ok
     assert "FAIL" in format_summary(failing) and "VIOLATION" in format_summary(failing)
@@ -547,6 +587,22 @@ def test_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert summary.faults.get(FaultKind.KILL_WORKER.value, 0) >= 2
     assert summary.faults.get(FaultKind.GARBAGE.value, 0) == 1
     assert summary.dead_letters >= summary.garbage_injected > 0
+
+
+@pytest.mark.fault
+@pytest.mark.kafka
+@pytest.mark.timeout(600)
+def test_three_broker_cluster_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """~300 workflows on three brokers (replication 3, min ISR 2); one node killed with
+    kill -9 mid-run and started again; orchestrators and workers killed too."""
+    config = FaultConfig.cluster(seed=_seed(13), run_dir=tmp_path / "run")
+    summary = run_faults(config)
+    _report(summary, capsys)
+    assert summary.ok, format_summary(summary)
+    assert (summary.duplicates, summary.lost) == (0, 0)
+    assert summary.brokers == 3
+    assert summary.faults.get(FaultKind.KILL_BROKER_NODE.value, 0) == 1
+    assert summary.faults.get(FaultKind.RESTART_BROKER.value, 0) == 0
 
 
 def _soak_asked(config: pytest.Config) -> bool:

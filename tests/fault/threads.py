@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from fleet.client import FleetClient
 from fleet.errors import DecodeError, FleetError
 from fleet.messages import WorkflowEvent
+from tests.fault.broker import Broker
 from tests.fault.config import FaultConfig
 from tests.fault.garbage import Garbage, GarbageInjector
 from tests.fault.log import DriverLog
 from tests.fault.plan import FaultKind, PlannedFault
-from tests.fault.processes import Broker, Processes
+from tests.fault.processes import Processes
 from tests.fault.recovery import FaultRecord
 from tests.fault.workload import WorkItem
 
@@ -152,7 +153,8 @@ class Submitter(threading.Thread):
 
 
 class FaultThread(threading.Thread):
-    """Runs the plan and keeps the fleet alive (restarts killed and crashed processes)."""
+    """Runs the plan and keeps the fleet alive (restarts killed and crashed processes, and
+    killed broker nodes)."""
 
     def __init__(
         self,
@@ -196,6 +198,7 @@ class FaultThread(threading.Thread):
                     queue.clear()
                     self.plan_done.set()
                 self.processes.tick()
+                self.broker.tick()
                 self.stop.wait(0.1)
         except BaseException as exc:
             self.error = exc
@@ -205,11 +208,22 @@ class FaultThread(threading.Thread):
             with contextlib.suppress(Exception):
                 self.processes.resume_all()
                 self.processes.tick(restart_now=True)
+            try:
+                self.broker.restore()  # every node runs again before the read-back
+            except Exception as exc:
+                self.error = self.error or exc
+                self.log(f"broker node restore failed: {type(exc).__name__}: {exc}")
 
     def _record(
         self, kind: FaultKind, target: str, detail: str = "", at_ms: int | None = None
     ) -> None:
         self.records.append(FaultRecord(kind, target, at_ms or int(time.time() * 1000), detail))
+
+    def _unsupported(self, kind: FaultKind, reason: str | None) -> bool:
+        if reason is not None:
+            self.skipped.append(f"{kind}: {reason}")
+            self.log(f"skipping {kind}: {reason}")
+        return reason is not None
 
     def _execute(self, kind: FaultKind) -> None:
         at_ms = int(time.time() * 1000)
@@ -233,16 +247,20 @@ class FaultThread(threading.Thread):
                 kind, f"{slot.name} pid {pid}", f"{self.config.effective_pause_s:.0f} s", at_ms
             )
         elif kind is FaultKind.RESTART_BROKER:
-            reason = self.broker.restart_unsupported()
-            if reason is not None:
-                self.skipped.append(f"{kind}: {reason}")
-                self.log(f"skipping the broker restart: {reason}")
+            if self._unsupported(kind, self.broker.restart_unsupported()):
                 return
             self.processes.resume_all()  # one fault at a time on the broker's side
             self.log("stopping the broker")
             down = self.broker.restart(self.config.broker_down_s)
             self.log(f"broker back after {down:.1f} s")
             self._record(kind, self.broker.bootstrap, f"down {down:.1f} s", at_ms)
+        elif kind is FaultKind.KILL_BROKER_NODE:
+            if self._unsupported(kind, self.broker.node_kill_unsupported()):
+                return
+            node_id = self.rng.randint(1, self.broker.nodes)
+            self.broker.kill_node(node_id, self.config.node_down_s)
+            target = f"node {node_id} of {self.broker.nodes}"
+            self._record(kind, target, f"restart after {self.config.node_down_s:.0f} s", at_ms)
         else:
             round_no = sum(1 for r in self.records if r.kind is FaultKind.GARBAGE)
             landed = self.injector.inject(round_no)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 # If the driver dies without running ``finally`` (a C-level abort in librdkafka, SIGKILL,
 # a CI runner killing the job), this separate process stops what the run started: the
-# fleet processes carrying the run's topic prefix and the broker tagged with its run dir.
-# The driver terminates it after its own clean-up. Linux only (/proc); elsewhere a no-op.
+# fleet processes carrying the run's topic prefix and the broker tagged with its run dir
+# (a cluster's nodes with run_dir/node-i). The driver terminates it after its own
+# clean-up. Linux only (/proc); elsewhere a no-op.
 _WATCHDOG = r"""
 import os, signal, sys, time
 driver, prefix, run_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -31,7 +32,7 @@ def ours():
         cmd = read(entry, "cmdline")
         if "fleet.cli" in cmd and f"FLEET_TOPIC_PREFIX={prefix}\0" in read(entry, "environ"):
             found.append(int(entry))
-        elif f"-Dfleet.run.dir={run_dir}\0" in cmd:
+        elif any(f"-Dfleet.run.dir={run_dir}{end}" in cmd for end in ("\0", "/node-")):
             found.append(int(entry))
     return found
 if not os.path.isdir("/proc"):
