@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from confluent_kafka import (
@@ -51,11 +52,11 @@ from orchestrator.metrics import OrchestratorMetrics
 
 log = structlog.get_logger()
 
-COMMIT_SLICE_S = 2.0  # one commit_transaction call; the loop re-checks stop between calls
-COMMIT_WAIT_S = 30.0  # then the outcome is left to the coordinator and the process exits
+TRANSACTION_SLICE_S = 2.0  # one transaction call; stop is re-checked between calls
+TRANSACTION_WAIT_S = 30.0  # then the outcome is left to the coordinator and the process exits
 ABORT_WAIT_S = 30.0
-# Longer than any bounded wait of one batch (send offsets 30 s + commit 30 s + abort and
-# rebuild); only a call that ignores its own timeout reaches it.
+# Longer than any bounded wait of one batch (send offsets 30 s + commit 30 s + abort);
+# only a call that ignores its own timeout reaches it.
 TRANSACTION_WATCHDOG_S = 150.0
 
 
@@ -184,34 +185,42 @@ class Orchestrator:
             self._apply(self.engine.tick(now_ms), None)
             self._write_changes()
             if offsets:
-                self.producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    self.consumer.consumer_group_metadata(),
-                    30,
+                batch_offsets = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                group = self.consumer.consumer_group_metadata()
+                self._retrying(
+                    "sending the input offsets",
+                    lambda: self.producer.send_offsets_to_transaction(
+                        batch_offsets, group, TRANSACTION_SLICE_S
+                    ),
                 )
-            self._commit()
+            self._retrying(
+                "committing the transaction",
+                lambda: self.producer.commit_transaction(TRANSACTION_SLICE_S),
+            )
         except KafkaException as exc:
             self._recover(exc)
 
-    def _commit(self) -> None:
-        """Commit, waiting in short slices so SIGTERM is honoured, for a bounded time.
+    def _retrying(self, what: str, call: Callable[[], None]) -> None:
+        """Run a transaction call again while it fails retriably, in short slices so
+        SIGTERM is honoured, for at most TRANSACTION_WAIT_S.
 
-        A commit that times out is retriable (it goes on in the background), but across a
-        broker restart it was seen to hang for a minute. Past COMMIT_WAIT_S, or on stop,
-        the error goes to _recover, which exits: the coordinator decides the outcome, and
-        a fresh instance restores whichever it was from the changelog.
+        Retriable errors (a timeout, the coordinator's connection lost while the broker
+        restarts) leave the transaction intact: librdkafka says to call again. Past the
+        wait, or on stop, the error goes to _recover, which exits: the coordinator decides
+        the outcome, and a fresh instance restores whichever it was from the changelog.
         """
-        deadline = time.monotonic() + COMMIT_WAIT_S
+        deadline = time.monotonic() + TRANSACTION_WAIT_S
         while True:
             try:
-                self.producer.commit_transaction(COMMIT_SLICE_S)
+                call()
                 return
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
                 waiting = error is not None and error.retriable() and not error.txn_requires_abort()
                 if not waiting or self.stop.is_set() or time.monotonic() > deadline:
                     raise
-                log.warning("transaction commit still pending; waiting", error=str(error))
+                log.warning(f"{what}: retriable error; trying again", error=str(error))
+                time.sleep(0.2)
 
     def _recover(self, exc: KafkaException) -> None:
         error = exc.args[0] if exc.args else None
