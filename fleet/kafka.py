@@ -33,7 +33,7 @@ from tenacity import (
 )
 
 from fleet.codec import CONTENT_TYPE
-from fleet.errors import BrokerError, ConfigError
+from fleet.errors import BrokerError, ConfigError, FleetError
 from fleet.localkafka import LocalKafka
 from fleet.messages import Message as FleetMessage
 from fleet.settings import Settings
@@ -192,6 +192,8 @@ _TRANSIENT = frozenset(
 
 
 def _retriable(exc: BaseException) -> bool:
+    if isinstance(exc, FleetError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # a BrokerError that wraps a client error: judge that error
     if not isinstance(exc, KafkaException) or not exc.args:
         return False
     error = exc.args[0]

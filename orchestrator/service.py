@@ -40,6 +40,7 @@ from fleet.kafka import (
     headers_for,
     produce,
     resolve_bootstrap,
+    retry_transient,
 )
 from fleet.messages import TaskResult, WorkflowCancelRequested, WorkflowSubmitted
 from fleet.metrics import serve_metrics
@@ -389,7 +390,11 @@ def run(
     admin = clients.ready_admin()
     topology = Topology.load(settings.topology_file)
     topics = Topics(settings.topic_prefix)
-    for report in apply_topics(admin, topology, desired_topics(topology, topics, [])):
+    wanted = desired_topics(topology, topics, [])
+    # Started while a broker is down (a restart, a node lost), the admin calls time out
+    # for a while: wait that out here rather than exit and be restarted in a loop.
+    reports = retry_transient(lambda: apply_topics(admin, topology, wanted), timeout_s=120)
+    for report in reports:
         if report.status == "drift":
             log.warning(
                 "topic drift; fix topics.yaml or the topic",
