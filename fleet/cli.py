@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import get_args
 
 from fleet.client import FleetClient
 from fleet.demo import run_demo
@@ -32,7 +33,7 @@ from fleet.errors import FleetError, SpecError
 from fleet.kafka import KafkaClients, resolve_bootstrap
 from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
-from fleet.settings import Settings
+from fleet.settings import Guarantee, Settings
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
 from orchestrator.service import run as run_orchestrator
 from orchestrator.spec import load_spec_file, parse_spec
@@ -90,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--dry-run", action="store_true", help="list, inject nothing")
 
     orch = sub.add_parser("orchestrator", help="run an orchestrator instance")
+    orch.add_argument(
+        "--guarantee",
+        choices=get_args(Guarantee),
+        help="processing guarantee (default: FLEET_ORCHESTRATOR_GUARANTEE or exactly_once)",
+    )
+    orch.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        help="keep a transaction open across batches this long (default: "
+        "FLEET_ORCHESTRATOR_COMMIT_INTERVAL_MS or 0, a commit per batch)",
+    )
     _metrics_args(orch)
 
     worker = sub.add_parser("worker", help="run a worker pool process for an app")
@@ -166,7 +178,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR
         return _dlq(args, settings)
     if command == "orchestrator":
         return run_orchestrator(
-            settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host
+            settings.with_orchestrator(args.guarantee, args.commit_interval_ms),
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     if command == "worker":
         return run_worker(

@@ -10,11 +10,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleet.errors import ConfigError
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
+# librdkafka's transaction.timeout.ms unless FLEET_KAFKA_CLIENT_TRANSACTION_TIMEOUT_MS says
+# otherwise: the coordinator aborts a transaction left open longer than this.
+TRANSACTION_TIMEOUT_MS = 60_000
+
+Guarantee = Literal["exactly_once", "at_least_once"]
 
 # Any FLEET_KAFKA_CLIENT_<NAME> variable becomes the librdkafka property <name> with
 # "_" -> ".", e.g. FLEET_KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL -> security.protocol=SASL_SSL.
@@ -50,6 +55,25 @@ class Settings(BaseModel):
     connect_timeout_s: float = Field(default=15.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
+    # exactly_once: effects, changelog and input offsets in one Kafka transaction.
+    # at_least_once: no transaction; a crash can replay inputs (see the orchestrator).
+    orchestrator_guarantee: Guarantee = "exactly_once"
+    # How long the orchestrator keeps one transaction (or one offset commit) open across
+    # consumed batches; 0 commits after every batch (like Kafka Streams' commit.interval.ms).
+    orchestrator_commit_interval_ms: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _commit_interval_fits_the_transaction(self) -> Settings:
+        # The commit itself may take seconds more; past transaction.timeout.ms the
+        # coordinator aborts the transaction and fences the producer.
+        timeout_ms = int(self.client_config.get("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS))
+        interval_ms = self.orchestrator_commit_interval_ms
+        if self.orchestrator_guarantee == "exactly_once" and interval_ms > timeout_ms // 2:
+            raise ValueError(
+                f"the orchestrator's commit interval ({interval_ms} ms) must be at most half "
+                f"of transaction.timeout.ms ({timeout_ms} ms) with exactly_once"
+            )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -65,6 +89,8 @@ class Settings(BaseModel):
             "FLEET_LOG_FORMAT": "log_format",
             "FLEET_LOG_LEVEL": "log_level",
             "FLEET_CONNECT_TIMEOUT": "connect_timeout_s",
+            "FLEET_ORCHESTRATOR_GUARANTEE": "orchestrator_guarantee",
+            "FLEET_ORCHESTRATOR_COMMIT_INTERVAL_MS": "orchestrator_commit_interval_ms",
         }
         for var, field in simple.items():
             if env.get(var):
@@ -74,7 +100,7 @@ class Settings(BaseModel):
             for var, value in env.items()
             if var.startswith(_CLIENT_PREFIX)
         }
-        settings = cls.model_validate(values)
+        settings = _validated(values, names={field: var for var, field in simple.items()})
         if not _TOPIC_PREFIX_RE.match(settings.topic_prefix):
             raise ConfigError(
                 f"FLEET_TOPIC_PREFIX={settings.topic_prefix!r} may only hold letters, digits, "
@@ -84,3 +110,31 @@ class Settings(BaseModel):
 
     def with_bootstrap(self, bootstrap_servers: str) -> Settings:
         return self.model_copy(update={"bootstrap_servers": bootstrap_servers})
+
+    def with_orchestrator(
+        self, guarantee: str | None = None, commit_interval_ms: int | None = None
+    ) -> Settings:
+        """These settings with ``fleet orchestrator``'s flags applied (None: not given)."""
+        flags = {
+            "orchestrator_guarantee": ("--guarantee", guarantee),
+            "orchestrator_commit_interval_ms": ("--commit-interval-ms", commit_interval_ms),
+        }
+        values = self.model_dump()
+        values.update({field: value for field, (_, value) in flags.items() if value is not None})
+        return _validated(values, names={field: flag for field, (flag, _) in flags.items()})
+
+
+def _validated(values: dict[str, object], names: dict[str, str]) -> Settings:
+    """A Settings, or a ConfigError that names each bad value by the variable or flag it
+    came from (``names``: field -> name) instead of a pydantic traceback."""
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            where = names.get(field, field)
+            # A validator's own message, without pydantic's "Value error, " in front.
+            reason = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]
+            problems.append(f"{where}: {reason}" if where else str(reason))
+        raise ConfigError("; ".join(problems)) from exc

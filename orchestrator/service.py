@@ -4,6 +4,20 @@ One loop: consume a batch -> feed each record to the engine -> produce its effec
 changed workflows' state (to the changelog) and the batch's input offsets in ONE Kafka
 transaction. Readers are read_committed, so a crash anywhere leaves either all of a
 batch or none of it; a zombie instance is fenced by its stale group generation.
+
+The commit interval (``orchestrator_commit_interval_ms``, like Kafka Streams'
+``commit.interval.ms``) keeps one transaction open across consumed batches until it has
+elapsed: fewer commits, but effects become visible to read_committed readers only at the
+commit, and a killed instance's open transaction holds its partitions' readers until
+transaction.timeout.ms aborts it. 0 commits after every batch.
+
+``at_least_once`` drops the transaction: effects and state are produced by an idempotent
+producer, flushed, and only then are the input offsets committed. What it gives up: after
+a crash between the flush and the offset commit (or in the middle of the flush), the
+inputs since the last commit are consumed again, so a task can be dispatched twice and a
+workflow event (even a terminal one) emitted twice. The engine ignores a repeated result
+and a repeated submission of a known workflow, but it cannot take back an event or a task
+already produced. Readers see effects at once instead of at the commit.
 """
 
 from __future__ import annotations
@@ -100,6 +114,8 @@ class Orchestrator:
         self.codec = Codec(SchemaStore(settings.schemas_dir))
         self.metrics = metrics
         self.batch_size = batch_size
+        self.exactly_once = settings.orchestrator_guarantee == "exactly_once"
+        self.commit_interval_s = settings.orchestrator_commit_interval_ms / 1000
         self.admin = clients.admin()
         self.consumer: Consumer = clients.consumer(
             f"{settings.topic_prefix}orchestrator",
@@ -108,9 +124,16 @@ class Orchestrator:
             # state[p] always have one owner.
             **{"partition.assignment.strategy": "range"},
         )
+        delivery: dict[str, object] = {
+            "transactional.id": f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}"
+        }
+        if not self.exactly_once:
+            # No commit_transaction to fail for us: a record that could not be delivered
+            # is reported here, and the next commit refuses to move the offsets past it.
+            delivery = {"on_delivery": self._delivered, "delivery.report.only.error": True}
         self.producer: Producer = clients.producer(
             **{
-                "transactional.id": f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}",
+                **delivery,
                 # CONCURRENT_TRANSACTIONS retries otherwise stall each commit ~100 ms.
                 "retry.backoff.ms": 20,
                 # transaction.timeout.ms stays at librdkafka's 60 s on purpose: a killed
@@ -127,37 +150,61 @@ class Orchestrator:
         )
         self.owned: set[int] = set()  # partition numbers this instance owns
         self.partition_of: dict[str, int] = {}  # workflow_id -> its partition number
-        self.touched: set[str] = set()  # workflows seen in the current batch
+        self.touched: set[str] = set()  # workflows seen since the last commit
+        self.open_since: float | None = None  # monotonic start of the uncommitted work
+        self.offsets: dict[tuple[str, int], int] = {}  # next offset to commit, per input
+        self.undelivered: list[str] = []  # at_least_once: delivery errors since the commit
         self.stop = threading.Event()  # the run's, once it runs
 
     # -- the loop ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         self.stop = stop
-        self.producer.init_transactions(60)
+        if self.exactly_once:
+            self.producer.init_transactions(60)
         self.consumer.subscribe(
             [self.topics.requests, self.topics.results],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
-        log.info("orchestrator consuming", topics=[self.topics.requests, self.topics.results])
+        log.info(
+            "orchestrator consuming",
+            topics=[self.topics.requests, self.topics.results],
+            guarantee="exactly_once" if self.exactly_once else "at_least_once",
+            commit_interval_s=self.commit_interval_s,
+        )
         try:
             while not stop.is_set():
                 records = self.consumer.consume(self.batch_size, timeout=self._poll_timeout())
                 now_ms = int(time.time() * 1000)
                 due = self.engine.next_due_ms()
-                if records or (due is not None and due <= now_ms):
+                if records or (due is not None and due <= now_ms) or self._commit_due():
                     self._transact(records, now_ms)
+            self._commit_open()  # a clean stop leaves nothing for the next owner to redo
+        except BaseException:
+            # Half-done work must not be committed by the revocation on the way out.
+            self.open_since = None
+            raise
         finally:
             log.info("orchestrator leaving the group")
             self.consumer.close()
 
     def _poll_timeout(self) -> float:
+        timeout = 0.2
         due = self.engine.next_due_ms()
-        if due is None:
-            return 0.2
-        return min(0.2, max(0.0, due / 1000 - time.time()))
+        if due is not None:
+            timeout = min(timeout, max(0.0, due / 1000 - time.time()))
+        if self.open_since is not None:
+            commit_at = self.open_since + self.commit_interval_s
+            timeout = min(timeout, max(0.0, commit_at - time.monotonic()))
+        return timeout
+
+    def _commit_due(self) -> bool:
+        return (
+            self.open_since is not None
+            and time.monotonic() - self.open_since >= self.commit_interval_s
+        )
 
     def _transact(self, records: list[Message], now_ms: int) -> None:
         # A transaction call that hangs past its own timeout (librdkafka bugs do that)
@@ -171,8 +218,10 @@ class Orchestrator:
 
     def _transact_batch(self, records: list[Message], now_ms: int) -> None:
         try:
-            self.producer.begin_transaction()
-            offsets: dict[tuple[str, int], int] = {}
+            if self.open_since is None:
+                if self.exactly_once:
+                    self.producer.begin_transaction()
+                self.open_since = time.monotonic()
             for record in records:
                 error = record.error()
                 if error is not None:
@@ -180,24 +229,76 @@ class Orchestrator:
                         log.warning("consumer error; librdkafka retries", error=str(error))
                     continue
                 self._handle(record, now_ms)
-                offsets[(record.topic() or "", record.partition() or 0)] = (
+                self.offsets[(record.topic() or "", record.partition() or 0)] = (
                     record.offset() or 0
                 ) + 1
             self._apply(self.engine.tick(now_ms), None)
-            self._write_changes()
-            if offsets:
-                batch_offsets = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                group = self.consumer.consumer_group_metadata()
-                self._retrying(
-                    "sending the input offsets",
-                    lambda: self.producer.send_offsets_to_transaction(
-                        batch_offsets, group, TRANSACTION_SLICE_S
-                    ),
-                )
+            if self._commit_due():
+                self._end()
+        except KafkaException as exc:
+            self._recover(exc)
+
+    def _end(self) -> None:
+        """Make everything since the last commit durable: state, then the input offsets.
+
+        The changelog is written here, not per batch, so a workflow touched by several
+        batches of one interval is written once."""
+        self._write_changes()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
+        self.open_since = None
+        self.offsets = {}
+        if not self.exactly_once:
+            self._flush()
+            self._commit_offsets(offsets)
+            return
+        if offsets:
+            group = self.consumer.consumer_group_metadata()
             self._retrying(
-                "committing the transaction",
-                lambda: self.producer.commit_transaction(TRANSACTION_SLICE_S),
+                "sending the input offsets",
+                lambda: self.producer.send_offsets_to_transaction(
+                    offsets, group, TRANSACTION_SLICE_S
+                ),
             )
+        self._retrying(
+            "committing the transaction",
+            lambda: self.producer.commit_transaction(TRANSACTION_SLICE_S),
+        )
+
+    def _flush(self) -> None:
+        """at_least_once: every effect and state record acknowledged, or no offset moves.
+
+        Exiting leaves the inputs uncommitted: a fresh owner restores the state and
+        consumes them again (the duplicates at_least_once allows)."""
+        remaining = self.producer.flush(TRANSACTION_WAIT_S)
+        if remaining or self.undelivered:
+            first = self.undelivered[0] if self.undelivered else "timed out"
+            raise BrokerError(
+                f"{remaining + len(self.undelivered)} records not delivered ({first}); "
+                "leaving their inputs uncommitted"
+            )
+
+    def _commit_offsets(self, offsets: list[TopicPartition]) -> None:
+        """at_least_once: the inputs' offsets, once what they caused is durable."""
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Everything is durable; the uncommitted inputs are consumed again by their
+            # owner (this instance or, after a rebalance, the next): that is the
+            # at_least_once contract, not a reason to stop.
+            log.warning("offset commit failed; these inputs will be replayed", error=str(exc))
+
+    def _delivered(self, error: KafkaError | None, _record: Message) -> None:
+        if error is not None:
+            self.undelivered.append(str(error))
+
+    def _commit_open(self) -> None:
+        """Commit the work consumed so far, if any: before partitions leave this instance."""
+        if self.open_since is None:
+            return
+        try:
+            self._end()
         except KafkaException as exc:
             self._recover(exc)
 
@@ -224,6 +325,8 @@ class Orchestrator:
                 time.sleep(0.2)
 
     def _recover(self, exc: KafkaException) -> None:
+        self.open_since = None
+        self.offsets = {}
         error = exc.args[0] if exc.args else None
         if error is None or not error.txn_requires_abort():
             # Fenced (a newer owner took over), fatal, or a commit whose outcome is
@@ -234,11 +337,16 @@ class Orchestrator:
         self.producer.abort_transaction(ABORT_WAIT_S)
         # The rebuild has its own deadline (and may wait out another owner's transaction).
         faulthandler.cancel_dump_traceback_later()
-        # Everything this batch changed in memory is void: rebuild from what is committed.
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """After an abort: everything changed since the last commit is void in memory too,
+        so rebuild the owned partitions from what is committed and consume again."""
         self.engine.forget(lambda _workflow_id: False)
         self.partition_of.clear()
         self._restore(self.owned)
-        self._rewind()
+        if self.owned:
+            self._rewind()
 
     # -- one record ---------------------------------------------------------------------
 
@@ -339,10 +447,31 @@ class Orchestrator:
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         lost = {p.partition for p in parts}
         self.owned -= lost
+        # Work consumed from these partitions may sit in the open transaction (commit
+        # interval): commit it while they are ours, so their next owner restores it
+        # instead of consuming it again. A failed commit aborts and rebuilds what stays.
+        self._commit_open()
         self.engine.forget(lambda workflow_id: self.partition_of.get(workflow_id) in self.owned)
         self.partition_of = {w: p for w, p in self.partition_of.items() if p in self.owned}
         consumer.unassign()
         log.info("partitions revoked", partitions=sorted(lost))
+
+    def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already, so nothing open may be
+        # committed (exactly_once: the transaction would be fenced anyway). Drop it.
+        if self.open_since is not None:
+            self.open_since = None
+            self.offsets = {}
+            if self.exactly_once:
+                try:
+                    self.producer.abort_transaction(ABORT_WAIT_S)
+                except KafkaException as exc:
+                    raise BrokerError(f"abort after losing partitions failed: {exc}") from exc
+                # The abort voids the work of the partitions kept, too (with the range
+                # assignor none are: a lost assignment is the whole of it).
+                self.owned -= {p.partition for p in parts}
+                self._rebuild()
+        self._on_revoke(consumer, parts)
 
     def _restore(self, partitions: set[int]) -> None:
         restored = changelog.read_partitions(self.clients, self.topics.state, partitions)

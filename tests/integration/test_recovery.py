@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,25 +22,6 @@ pytestmark = pytest.mark.kafka
 # Lowered so a paused (zombie) orchestrator loses its membership within seconds; any
 # FLEET_KAFKA_CLIENT_* variable reaches librdkafka.
 FAST_GROUPS = {"FLEET_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000"}
-
-
-@pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[Settings, Supervisor, FleetClient]]:
-    settings = Settings.from_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "FLEET_TOPIC_PREFIX": f"rc-{uuid.uuid4().hex[:8]}.",
-        }
-    )
-    with Supervisor(settings, tmp_path / "logs") as supervisor:
-        topics = supervisor.start("topics", ["topics", "apply"])
-        assert topics.process.wait(120) == 0, topics.log_tail()
-        supervisor.start(
-            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "16"]
-        )
-        client = FleetClient(settings, role="test")
-        yield settings, supervisor, client
-        client.close()
 
 
 def chain(n: int, delay_ms: int) -> dict[str, object]:
