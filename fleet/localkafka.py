@@ -46,7 +46,8 @@ _MVN_ARGS = (  # the plugin version is pinned so a fetch is repeatable
 )  # fmt: skip
 _COMPLETE_MARKER = ".complete"  # written last into a fetch, so a libs dir without it is junk
 
-# kafka-tools-api 4.4.0 is not published on Central; the broker runs fine without it.
+# kafka-tools-api 4.4.0 is not published on Central; the broker never needs it, so it is
+# excluded for every version.
 # log4j-slf4j-impl is the SLF4J 1.x binding Kafka needs, or the broker logs nothing.
 _LOG4J_DEPS = "".join(
     f"<dependency><groupId>org.apache.logging.log4j</groupId><artifactId>{artifact}</artifactId>"
@@ -420,7 +421,11 @@ class LocalKafka:
             argv = [java, "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
             # These two properties tag the process, so status() can tell it from a reused pid.
             argv += [f"-Dfleet.kafka.version={self.version}", f"-Dfleet.run.dir={node.dir}"]
-            argv += [f"-Dlog4j2.configurationFile={node.log4j_file}"]
+            # log4j2's own shutdown hook races Kafka's and drops its shutdown lines.
+            argv += [
+                f"-Dlog4j2.configurationFile={node.log4j_file}",
+                "-Dlog4j2.shutdownHookEnabled=false",
+            ]
             argv += [f"-Dkafka.logs.dir={node.dir}"]
             argv += ["-cp", classpath, "kafka.Kafka", str(node.props_file)]
             pid = _spawn_detached(argv, node)

@@ -73,6 +73,9 @@ ABORT_WAIT_S = 30.0
 # Longer than any bounded wait of one batch (send offsets 30 s + commit 30 s + abort);
 # only a call that ignores its own timeout reaches it.
 TRANSACTION_WATCHDOG_S = 150.0
+# A previous owner's open transaction holds the committed offsets unstable for up to its
+# transaction.timeout.ms (60 s) and the coordinator's abort interval (10 s) after that.
+ASSIGN_WAIT_S = 120.0
 
 
 class CapabilityTopics:
@@ -439,10 +442,37 @@ class Orchestrator:
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         gained = {p.partition for p in parts} - self.owned
+        # The committed input offsets first: asked read_committed (require_stable), the
+        # answer waits until a previous owner's transaction that carries offsets for these
+        # partitions is decided. Only then is the changelog final for them. A previous
+        # owner that sent its offsets before losing the partitions (stalled in a commit
+        # across a broker restart, or paused) can still commit; a restore taken before
+        # that would miss its state while the offsets moved past its inputs (soak run:
+        # one workflow completed twice).
+        positions = self._committed(parts)
         self._restore(gained)
         self.owned |= gained
-        consumer.assign(parts)
+        consumer.assign(positions)
         log.info("partitions assigned", partitions=sorted(self.owned))
+
+    def _committed(self, parts: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets of ``parts`` (the beginning where none), once stable."""
+        deadline = time.monotonic() + ASSIGN_WAIT_S
+        while True:
+            try:
+                committed = self.consumer.committed(parts, timeout=TRANSACTION_SLICE_S * 5)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if error is None or not error.retriable() or time.monotonic() > deadline:
+                    raise BrokerError(f"cannot read the committed offsets: {exc}") from exc
+                log.warning("committed offsets not stable yet; waiting", error=str(error))
+                continue
+            return [
+                TopicPartition(
+                    tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                )
+                for tp in committed
+            ]
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         lost = {p.partition for p in parts}
@@ -497,10 +527,8 @@ class Orchestrator:
 
     def _rewind(self) -> None:
         """Back to the committed offsets, so an aborted batch is consumed again."""
-        assignment = self.consumer.assignment()
-        for tp in self.consumer.committed(assignment, timeout=30):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        for tp in self._committed(self.consumer.assignment()):
+            self.consumer.seek(tp)
 
 
 def run(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from pydantic import JsonValue
 
 from fleet.kafka import KafkaClients
@@ -53,3 +54,40 @@ def test_changelog_restore_waits_for_an_open_transaction(settings: Settings) -> 
         aborter.join()
     assert restored.get("w") == (0, {"n": 2})
     assert "x" not in restored
+
+
+# The handover order rests on this: a read_committed consumer's committed offsets wait
+# for a previous owner's open transaction that carries offsets (KIP-447 require_stable),
+# so the next owner restores the changelog only once that transaction is decided.
+@pytest.mark.timeout(120)
+def test_committed_offsets_wait_for_a_pending_transactional_commit(settings: Settings) -> None:
+    assert settings.bootstrap_servers
+    clients = KafkaClients(settings, settings.bootstrap_servers, role="test")
+    topology = Topology.load(settings.topology_file)
+    topics = Topics(settings.topic_prefix)
+    apply_topics(clients.ready_admin(), topology, desired_topics(topology, topics, []))
+    group = f"{settings.topic_prefix}handover"
+    owner = clients.consumer(group)
+    owner.subscribe([topics.requests])
+    deadline = time.monotonic() + 30
+    while not owner.assignment() and time.monotonic() < deadline:
+        owner.consume(1, timeout=0.5)
+    assert owner.assignment()
+    producer = clients.producer(**{"transactional.id": f"{settings.topic_prefix}owner"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.send_offsets_to_transaction(
+        [TopicPartition(topics.requests, 0, 42)], owner.consumer_group_metadata(), 30
+    )
+    committer = threading.Timer(3.0, lambda: producer.commit_transaction(30))
+    committer.start()
+    reader = clients.consumer(group)  # read_committed, like the orchestrator's
+    started = time.monotonic()
+    try:
+        [answer] = reader.committed([TopicPartition(topics.requests, 0)], timeout=60)
+    finally:
+        committer.join()
+        reader.close()
+        owner.close()
+    assert answer.offset == 42
+    assert time.monotonic() - started >= 2.0  # it waited for the commit

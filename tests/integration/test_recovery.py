@@ -96,7 +96,7 @@ def test_killed_orchestrator_resumes_workflows_from_the_changelog(
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
     supervisor.start("orchestrator-2", ["orchestrator"])
-    assert_exactly_once(terminal_events(client, ids, 90), ids, 6)
+    assert_exactly_once(terminal_events(client, ids, 150), ids, 6)
 
 
 def test_work_survives_an_instance_leaving_and_joining(
