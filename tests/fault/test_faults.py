@@ -577,7 +577,8 @@ def _seed(default: int) -> int:
 @pytest.mark.kafka
 @pytest.mark.timeout(300)
 def test_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """~200 workflows; orchestrators and workers killed, one paused, one garbage round."""
+    """~200 workflows; orchestrators and workers killed, one paused, the broker restarted,
+    one garbage round. CI runs this one."""
     config = FaultConfig.short(seed=_seed(11), run_dir=tmp_path / "run")
     summary = run_faults(config)
     _report(summary, capsys)
@@ -585,7 +586,10 @@ def test_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (summary.duplicates, summary.lost) == (0, 0)
     assert summary.faults.get(FaultKind.KILL_ORCHESTRATOR.value, 0) >= 2
     assert summary.faults.get(FaultKind.KILL_WORKER.value, 0) >= 2
+    assert summary.faults.get(FaultKind.PAUSE_ORCHESTRATOR.value, 0) == 1
     assert summary.faults.get(FaultKind.GARBAGE.value, 0) == 1
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):  # an external cluster is not restarted
+        assert summary.faults.get(FaultKind.RESTART_BROKER.value, 0) == 1
     assert summary.dead_letters >= summary.garbage_injected > 0
 
 
