@@ -448,7 +448,9 @@ class LocalKafka:
         waiting = dict(launched)
         while waiting and time.monotonic() < deadline:
             for pid, node in list(waiting.items()):
-                if not node.runs(pid):
+                # Right after the spawn the pid may still be the shell about to exec java
+                # (its command line is not ours yet): only a pid that is gone has exited.
+                if not node.runs(pid) and not _exists(pid):
                     self._abort(launched)
                     raise LocalKafkaError(
                         f"the local broker exited during start-up; last lines of its logs "
@@ -581,6 +583,16 @@ def _log_tail(node: _Node) -> str:
     text = "\n".join(f.read_text(errors="replace") for f in files)
     first = next((line for line in text.splitlines() if " ERROR " in line), "")
     return (f"first error: {first}\n" if first else "") + (_tail(text) or "(no log output)")
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cmdline(pid: int) -> list[str]:
