@@ -463,7 +463,12 @@ class Orchestrator:
                 committed = self.consumer.committed(parts, timeout=TRANSACTION_SLICE_S * 5)
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
-                if error is None or not error.retriable() or time.monotonic() > deadline:
+                # A local timeout is the normal answer while a previous owner's
+                # transaction keeps the offsets unstable (librdkafka retries until then).
+                waiting = error is not None and (
+                    error.retriable() or error.code() == KafkaError._TIMED_OUT
+                )
+                if not waiting or time.monotonic() > deadline:
                     raise BrokerError(f"cannot read the committed offsets: {exc}") from exc
                 log.warning("committed offsets not stable yet; waiting", error=str(error))
                 continue
