@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from fleet.localkafka import LocalKafka
 from fleet.settings import Settings
@@ -54,6 +55,16 @@ def _docker_answers() -> bool:
             answers = False
         gc.collect()
     return answers
+
+
+@pytest.fixture(autouse=True)
+def _structlog_restored() -> Iterator[None]:
+    """Put structlog back after each test. A test that runs the CLI's main() configures it
+    to print to pytest's captured stderr, which is closed once the test ends; the session
+    broker's teardown would then log into a closed file."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
