@@ -14,6 +14,7 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
+from confluent_kafka.admin import ConsumerGroupDescription
 from pydantic import JsonValue
 
 from fleet.codec import Codec, SchemaStore
@@ -53,9 +54,18 @@ class FleetClient:
         """Block until each capability's worker group is stable with ``members`` members,
         each holding partitions, so that work submitted next is spread from the start."""
         groups = [f"{self.settings.topic_prefix}workers.{cap}" for cap in capabilities]
+        self.wait_for_groups(groups, members, timeout_s)
+
+    def wait_for_groups(
+        self, groups: Iterable[str], members: int, timeout_s: float
+    ) -> dict[str, ConsumerGroupDescription]:
+        """Block until each group is stable with ``members`` members holding partitions;
+        return their descriptions (members, client ids and assignments)."""
+        groups = list(groups)
         deadline = time.monotonic() + timeout_s
         while True:
             pending: dict[str, str] = {}
+            stable: dict[str, ConsumerGroupDescription] = {}
             # A short request timeout: on a fresh broker the first answers wait for the
             # group coordinator to load, and the loop should ask again, not hang.
             described = self.admin.describe_consumer_groups(groups, request_timeout=5)
@@ -71,10 +81,11 @@ class FleetClient:
                         f"{description.state.name}, {len(holding)} of {members} members "
                         "holding partitions"
                     )
+                stable[group] = description
             if not pending:
-                return
+                return stable
             if time.monotonic() > deadline:
-                raise BrokerError(f"worker groups not ready within {timeout_s:.0f} s: {pending}")
+                raise BrokerError(f"consumer groups not ready within {timeout_s:.0f} s: {pending}")
             time.sleep(0.2)
 
     def submit(self, spec: JsonValue, workflow_id: str | None = None, *, flush: bool = True) -> str:

@@ -1,196 +1,91 @@
-"""Benchmark: the platform against a raw confluent-kafka baseline, measured in one run.
+"""Benchmark: the platform against raw confluent-kafka baselines, measured in one run.
 
-(a) baseline: a producer process sends N trivial tasks; a relay process (plain consumer
-    + producer, commits like a worker) answers each with a result; a collector process
-    records when each result arrives.
-(b) platform: N one-step workflows (capability ``noop``) through orchestrator and worker
-    processes; the collector records each terminal workflow event.
-Both report tasks/s and end-to-end p50/p99; the ratio is what to watch, since these
-machines are shared and noisy. The orchestrator runs under cProfile to show where the
-time goes.
+Sections (``--sections``, each runnable alone; the runs themselves are in bench_runs.py):
+
+platform
+    (a) baseline: a producer process sends N trivial tasks; a relay process (plain
+    consumer + producer, commits like a worker) answers each with a result; a collector
+    process records when each result arrives. (b) N one-step workflows (capability
+    ``noop``) through orchestrator and worker processes; the collector records each
+    terminal workflow event. The orchestrator runs under cProfile to show where the time
+    goes.
+transactions
+    The same burst without the profiler, once per orchestrator guarantee and commit
+    interval (``--txn-configs``), each followed by a paced load (latency without
+    queueing); every rep measures the relay again first (``--txn-reps``).
+recovery
+    (bench_recovery.py) kill -9 of the orchestrator owning half the partitions under a
+    steady load: how long until the survivor serves them, against a raw consumer group.
+restore (not by default)
+    How long restoring ``--restore`` in-flight workflows' state from the changelog takes.
+
+Every figure is also given as a ratio to a baseline measured in the same run: these
+machines are shared and noisy, so the ratios are what to compare between runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import pstats
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
+from bench_common import PARTITIONS, clients, fresh_topics
+from bench_recovery import print_recovery, run_recovery
+from bench_runs import collect, paced_relay_latency, relay, run_baseline, run_platform
 
-from fleet.client import FleetClient
-from fleet.kafka import KafkaClients, resolve_bootstrap
 from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
-from fleet.messages import WorkflowEvent, WorkflowSubmitted
+from fleet.messages import WorkflowSubmitted
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor, child_env
-from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from fleet.topology import Topics
 from orchestrator import changelog
 from orchestrator.engine import Engine
 
-PARTITIONS = 6
-COLLECT_TIMEOUT_S = 180
+SECTIONS = ("platform", "transactions", "recovery", "restore")
+DEFAULT_SECTIONS = SECTIONS[:3]
+RESTORE_WORKFLOWS = 100_000
+TXN_CONFIGS = "exactly_once:0,exactly_once:100,exactly_once:1000,at_least_once:0"
+RECOVERY_CONFIGS = "exactly_once:0,at_least_once:0"
+RECOVERY_SESSION_TIMEOUT_MS = 10_000  # librdkafka's 45 s would be most of every row
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Wait for the helper processes; one failing ends the benchmark at once."""
-    deadline = time.monotonic() + COLLECT_TIMEOUT_S + 30
-    while any(p.poll() is None for p in procs):
-        failed = [p for p in procs if p.returncode not in (None, 0)]
-        if failed or time.monotonic() > deadline:
-            for p in procs:
-                p.kill()
-            raise SystemExit(f"benchmark process failed: {[p.args for p in failed]}")
-        time.sleep(0.2)
+Sample = dict[str, float]  # tasks_per_s, p50_ms, p99_ms, paced_p50_ms, paced_p99_ms
 
 
-def _clients(settings: Settings, role: str) -> KafkaClients:
-    return KafkaClients(settings, resolve_bootstrap(settings), role=role)
+def run_transactions(
+    settings: Settings,
+    count: int,
+    work: Path,
+    *,
+    configs: list[tuple[str, int]],
+    paced_load: tuple[float, float],
+    reps: int,
+) -> dict[str, list[tuple[Sample, Sample]]]:
+    """Each rep: the raw relay, then every config in turn; per row, (values, values /
+    that rep's relay). Reps take turns so a noisy minute hits every row alike."""
+    rows: dict[str, list[tuple[Sample, Sample]]] = {"raw relay": []}
+    rows |= {f"{guarantee} {interval_ms}": [] for guarantee, interval_ms in configs}
+    for rep in range(reps):
+        print(f"transactions: run {rep + 1} of {reps}", flush=True)
+        relay_row = run_baseline(settings, count, work) | paced_relay_latency(settings, *paced_load)
+        rows["raw relay"].append((relay_row, dict.fromkeys(relay_row, 1.0)))
+        for guarantee, interval_ms in configs:
+            args = ("--guarantee", guarantee, "--commit-interval-ms", str(interval_ms))
+            row = run_platform(settings, count, work, orchestrator_args=args, paced_load=paced_load)
+            ratio = {key: value / relay_row[key] for key, value in row.items()}
+            rows[f"{guarantee} {interval_ms}"].append((row, ratio))
+            print(f"  {guarantee} {interval_ms} ms: {_rounded(row)}, relay: {_rounded(relay_row)}")
+    return rows
 
 
-def relay(settings: Settings, source: str, sink: str, count: int) -> None:
-    """The baseline worker: consume, answer, commit — no decoding, no orchestration."""
-    clients = _clients(settings, "bench-relay")
-    consumer: Consumer = clients.consumer(f"bench-relay-{uuid.uuid4().hex}")
-    producer: Producer = clients.producer()
-    consumer.subscribe([source])
-    seen = 0
-    while seen < count:
-        records = consumer.consume(500, timeout=0.5)
-        offsets = {}
-        for record in records:
-            if record.error() is None:
-                producer.produce(sink, key=record.key(), value=record.value())
-                offsets[record.partition()] = record.offset() + 1
-                seen += 1
-        if offsets:
-            # Like a worker: results durable first, then the inputs' offsets.
-            producer.flush(30)
-            consumer.commit(
-                offsets=[TopicPartition(source, p, o) for p, o in offsets.items()],
-                asynchronous=False,
-            )
-    consumer.close()
-
-
-def collect(settings: Settings, topic: str, count: int, out: Path, events: bool) -> None:
-    """Record the arrival time of each result (raw) or terminal workflow event (platform)."""
-    clients = _clients(settings, "bench-collect")
-    consumer: Consumer = clients.consumer(f"bench-collect-{uuid.uuid4().hex}")
-    client = FleetClient(settings, role="bench-collect") if events else None
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    latencies: list[float] = []
-    first = last = 0.0
-    deadline = time.monotonic() + COLLECT_TIMEOUT_S
-    while len(latencies) < count and time.monotonic() < deadline:
-        for record in consumer.consume(500, timeout=0.5):
-            if record.error() is not None:
-                continue
-            now = time.time()
-            if client is not None:
-                event = client.codec.decode(record.value(), WorkflowEvent)
-                if not event.kind.terminal or event.submitted_at_ms is None:
-                    continue
-                sent = event.submitted_at_ms / 1000
-            else:
-                sent = json.loads(record.value())["sent"]
-            latencies.append(now - sent)
-            first = first or now
-            last = now
-    consumer.close()
-    out.write_text(json.dumps({"latencies": latencies, "last": last}))
-
-
-def _spawn(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, __file__, *args], env=child_env(settings, {"FLEET_LOG_LEVEL": "warning"})
-    )
-
-
-def _summary(name: str, start: float, result: Path, count: int) -> dict[str, float]:
-    data = json.loads(result.read_text())
-    lat = sorted(data["latencies"])
-    if len(lat) < count:
-        raise SystemExit(f"{name}: only {len(lat)} of {count} arrived")
-    return {
-        "tasks_per_s": count / (data["last"] - start),
-        "p50_ms": statistics.median(lat) * 1000,
-        "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
-    }
-
-
-def run_baseline(settings: Settings, count: int, work: Path) -> dict[str, float]:
-    admin = _clients(settings, "bench").admin()
-    source, sink = (
-        f"{settings.topic_prefix}bench.raw.tasks",
-        f"{settings.topic_prefix}bench.raw.results",
-    )
-    for future in admin.create_topics(
-        [NewTopic(t, PARTITIONS, 1) for t in (source, sink)]
-    ).values():
-        future.result()
-    out = work / "baseline.json"
-    procs = [
-        _spawn(settings, "relay", source, sink, str(count)),
-        _spawn(settings, "collect", sink, str(count), str(out)),
-    ]
-    time.sleep(3)  # let both join before the clock starts
-    producer = _clients(settings, "bench-produce").producer()
-    start = time.time()
-    for i in range(count):
-        value = json.dumps({"sent": time.time(), "n": i}).encode()
-        producer.produce(source, key=str(i).encode(), value=value)
-        producer.poll(0)
-    producer.flush(60)
-    _wait_all(procs)
-    return _summary("baseline", start, out, count)
-
-
-def run_platform(settings: Settings, count: int, work: Path) -> dict[str, float]:
-    out = work / "platform.json"
-    profile = work / "orchestrator.prof"
-    with Supervisor(settings, work / "logs") as supervisor:
-        supervisor.start("orchestrator", ["orchestrator"], profile_to=profile)
-        supervisor.start(
-            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "16"]
-        )
-        collector = _spawn(
-            settings,
-            "collect",
-            Topics(settings.topic_prefix).events,
-            str(count),
-            str(out),
-            "--events",
-        )
-        client = FleetClient(settings, role="bench")
-        client.wait_for_pools(["noop"], 1, timeout_s=60)
-        # Warm-up: the first workflow pays for group joins and metadata.
-        warm = client.event_consumer(from_beginning=False)
-        wid = client.submit({"name": "warm", "steps": [{"id": "a", "capability": "noop"}]})
-        client.wait(warm, [wid], 60)
-        warm.close()
-        time.sleep(1)
-        spec = {"name": "bench", "steps": [{"id": "a", "capability": "noop", "input": {}}]}
-        start = time.time()
-        for _ in range(count):
-            client.submit(spec, flush=False)
-        client.flush(60)
-        _wait_all([collector])
-        supervisor.stop_all()
-    result = _summary("platform", start, out, count + 1)
-    result["profile"] = str(profile)  # type: ignore[assignment]
-    return result
+def _rounded(sample: Sample) -> dict[str, int]:
+    return {key: round(value) for key, value in sample.items()}
 
 
 def run_restore(settings: Settings, count: int) -> dict[str, float]:
@@ -203,7 +98,7 @@ def run_restore(settings: Settings, count: int) -> dict[str, float]:
             {"id": "b", "capability": "noop", "needs": ["a"], "input": {"y": "$.steps.a.output"}},
         ],
     }
-    producer = _clients(settings, "bench-restore").producer()
+    producer = clients(settings, "bench-restore").producer()
     topic = Topics(settings.topic_prefix).state
     for i in range(count):
         request = WorkflowSubmitted(workflow_id=f"wf-{i}", spec=spec, submitted_at_ms=i)
@@ -215,7 +110,7 @@ def run_restore(settings: Settings, count: int) -> dict[str, float]:
     fresh = Engine(has_capability=lambda _cap: True)
     started = time.monotonic()
     restored = changelog.read_partitions(
-        _clients(settings, "bench-restore"), topic, range(PARTITIONS)
+        clients(settings, "bench-restore"), topic, range(PARTITIONS)
     )
     read_s = time.monotonic() - started
     gc.disable()  # as the orchestrator does during a restore
@@ -228,28 +123,82 @@ def run_restore(settings: Settings, count: int) -> dict[str, float]:
     return {"workflows": count, "read_s": read_s, "total_s": total_s}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def _sections(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"sections are {', '.join(SECTIONS)}")
+    return chosen
+
+
+def _configs(text: str) -> list[tuple[str, int]]:
+    """``exactly_once:100,at_least_once:0`` -> [(guarantee, commit interval ms), ...]."""
+    configs = []
+    for item in text.split(","):
+        guarantee, _, interval = item.strip().partition(":")
+        if guarantee not in ("exactly_once", "at_least_once") or not interval.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r}: want GUARANTEE:INTERVAL_MS")
+        configs.append((guarantee, int(interval)))
+    return configs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd")
     r = sub.add_parser("relay")
     r.add_argument("source")
     r.add_argument("sink")
     r.add_argument("count", type=int)
+    r.add_argument("--group")
     c = sub.add_parser("collect")
     c.add_argument("topic")
     c.add_argument("count", type=int)
     c.add_argument("out", type=Path)
     c.add_argument("--events", action="store_true")
-    parser.add_argument("-n", "--tasks", type=int, default=2000)
+    parser.add_argument("-n", "--tasks", type=int, default=2000, help="burst size")
     parser.add_argument(
-        "--restore", type=int, default=0, help="also time restoring N workflows' state"
+        "--sections",
+        type=_sections,
+        default=list(DEFAULT_SECTIONS),
+        help=f"of {','.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--txn-configs",
+        type=_configs,
+        default=_configs(TXN_CONFIGS),
+        help=f"GUARANTEE:COMMIT_INTERVAL_MS,... (default {TXN_CONFIGS})",
+    )
+    parser.add_argument("--txn-reps", type=int, default=1, help="median of this many runs")
+    parser.add_argument("--paced-rate", type=float, default=100.0, help="workflows/s")
+    parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--recovery-configs", type=_configs, default=_configs(RECOVERY_CONFIGS))
+    parser.add_argument("--recovery-reps", type=int, default=2)
+    parser.add_argument("--recovery-rate", type=float, default=50.0, help="workflows/s")
+    parser.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=RECOVERY_SESSION_TIMEOUT_MS,
+        help="recovery: the groups' session.timeout.ms (0: librdkafka's default, 45 s)",
+    )
+    parser.add_argument(
+        "--transaction-timeout-ms",
+        type=int,
+        help="recovery: the orchestrators' transaction.timeout.ms",
+    )
+    parser.add_argument(
+        "--restore",
+        type=int,
+        help=f"restore: N workflows' state (default {RESTORE_WORKFLOWS}; implies the section)",
+    )
+    return parser
 
+
+def main() -> None:
+    args = _parser().parse_args()
     settings = Settings.from_env(os.environ)
     configure_logging(settings.model_copy(update={"log_level": "warning"}))
     if args.cmd == "relay":
-        relay(settings, args.source, args.sink, args.count)
+        relay(settings, args.source, args.sink, args.count, args.group)
         return
     if args.cmd == "collect":
         collect(settings, args.topic, args.count, args.out, args.events)
@@ -261,49 +210,107 @@ def main() -> None:
         started_broker = local.status() is None
         settings = settings.with_bootstrap(local.start())
     settings = settings.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:6]}."})
-    topology = Topology.load(settings.topology_file)
-    apply_topics(
-        _clients(settings, "bench").admin(),
-        topology,
-        desired_topics(topology, Topics(settings.topic_prefix), ["noop"]),
-    )
     try:
         with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-            work = Path(tmp)
-            print(
-                f"benchmark: {args.tasks} tasks each; baseline first, then the platform", flush=True
-            )
-            baseline = run_baseline(settings, args.tasks, work)
-            platform = run_platform(settings, args.tasks, work)
-            print()
-            print(f"{'':26}{'tasks/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-            for name, row in (
-                ("raw confluent-kafka relay", baseline),
-                ("platform (1-step noop)", platform),
-            ):
-                print(
-                    f"{name:26}{row['tasks_per_s']:>10.0f}{row['p50_ms']:>10.0f}{row['p99_ms']:>10.0f}"
-                )
-            ratio = {
-                key: platform[key] / baseline[key] for key in ("tasks_per_s", "p50_ms", "p99_ms")
-            }
-            print(
-                f"{'platform / baseline':26}{ratio['tasks_per_s']:>10.2f}"
-                f"{ratio['p50_ms']:>10.2f}{ratio['p99_ms']:>10.2f}"
-            )
-            if args.restore:
-                restore = run_restore(settings, args.restore)
-                print(
-                    f"\nrestore: {restore['workflows']:.0f} in-flight workflows from the "
-                    f"changelog in {restore['total_s']:.1f} s (reading {restore['read_s']:.1f} s, "
-                    f"{restore['workflows'] / restore['total_s']:.0f} workflows/s)"
-                )
-            print("\nwhere the orchestrator's time goes (cProfile, top 15 by own time):")
-            stats = pstats.Stats(str(platform["profile"]))
-            stats.sort_stats("tottime").print_stats(15)
+            _run_sections(args, settings, Path(tmp))
     finally:
         if started_broker:
             LocalKafka(settings).stop()
+
+
+def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> None:
+    began = time.monotonic()
+    sections: list[str] = args.sections
+    paced_load = (args.paced_rate, args.paced_seconds)
+    print(f"benchmark: sections {', '.join(sections)}; bursts of {args.tasks}", flush=True)
+    platform: dict[str, float] = {}
+    if "platform" in sections:
+        # Thrown away: on a broker just started (JIT, cold caches) the first relay run
+        # was about half as fast as the later ones, which flattered the platform.
+        run_baseline(settings, args.tasks, work)
+        baseline = run_baseline(settings, args.tasks, work)
+        platform = run_platform(settings, args.tasks, work, profile=work / "orchestrator.prof")
+        _print_platform(baseline, platform)
+    if "transactions" in sections:
+        rows = run_transactions(
+            settings,
+            args.tasks,
+            work,
+            configs=args.txn_configs,
+            paced_load=paced_load,
+            reps=args.txn_reps,
+        )
+        _print_transactions(args, rows)
+    if "recovery" in sections:
+        env: dict[str, str] = {}
+        if args.session_timeout_ms:
+            env["FLEET_KAFKA_CLIENT_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
+        if args.transaction_timeout_ms:
+            env["FLEET_KAFKA_CLIENT_TRANSACTION_TIMEOUT_MS"] = str(args.transaction_timeout_ms)
+        print_recovery(
+            run_recovery(
+                settings,
+                work,
+                configs=args.recovery_configs,
+                reps=args.recovery_reps,
+                rate=args.recovery_rate,
+                env=env,
+            )
+        )
+    if "restore" in sections or args.restore:
+        restore = run_restore(fresh_topics(settings), args.restore or RESTORE_WORKFLOWS)
+        print(
+            f"\nrestore: {restore['workflows']:.0f} in-flight workflows from the "
+            f"changelog in {restore['total_s']:.1f} s (reading {restore['read_s']:.1f} s, "
+            f"{restore['workflows'] / restore['total_s']:.0f} workflows/s)"
+        )
+    print(f"\nbenchmark took {time.monotonic() - began:.0f} s")
+    if platform:
+        print("\nwhere the orchestrator's time goes (cProfile, top 15 by own time):")
+        stats = pstats.Stats(str(work / "orchestrator.prof"))
+        stats.sort_stats("tottime").print_stats(15)
+
+
+def _print_platform(baseline: dict[str, float], platform: dict[str, float]) -> None:
+    print()
+    print(f"{'':26}{'tasks/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, row in (
+        ("raw confluent-kafka relay", baseline),
+        ("platform (1-step noop)", platform),
+    ):
+        print(f"{name:26}{row['tasks_per_s']:>10.0f}{row['p50_ms']:>10.0f}{row['p99_ms']:>10.0f}")
+    ratio = {key: platform[key] / baseline[key] for key in ("tasks_per_s", "p50_ms", "p99_ms")}
+    print(
+        f"{'platform / baseline':26}{ratio['tasks_per_s']:>10.2f}"
+        f"{ratio['p50_ms']:>10.2f}{ratio['p99_ms']:>10.2f}"
+    )
+
+
+def _print_transactions(
+    args: argparse.Namespace, rows: dict[str, list[tuple[Sample, Sample]]]
+) -> None:
+    print(
+        f"\ntransactions: a burst of {args.tasks} one-step workflows, then "
+        f"{args.paced_rate:g} workflows/s for {args.paced_seconds:g} s (paced); median of "
+        f"{args.txn_reps} run(s); x = ratio to the raw relay of the same run"
+    )
+    columns = [
+        ("wf/s", "tasks_per_s", False),
+        ("x", "tasks_per_s", True),
+        ("p50 ms", "p50_ms", False),
+        ("p99 ms", "p99_ms", False),
+        ("x", "p99_ms", True),
+        ("paced p50", "paced_p50_ms", False),
+        ("paced p99", "paced_p99_ms", False),
+        ("x", "paced_p99_ms", True),
+    ]
+    print(f"{'guarantee, commit ms':22}" + "".join(f"{name:>10}" for name, _, _ in columns))
+    for name, samples in rows.items():
+        cells = []
+        for _, key, is_ratio in columns:
+            value = statistics.median(sample[is_ratio][key] for sample in samples)
+            cells.append(f"{value:.2f}" if is_ratio else f"{value:.0f}")
+        print(f"{name:22}" + "".join(f"{c:>10}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""What the benchmark's sections share: clients, fresh topics, helper processes and a
+paced load that records when each unit of work comes back, and on which partition."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
+from pydantic import JsonValue
+
+from fleet.client import FleetClient
+from fleet.kafka import KafkaClients, resolve_bootstrap, watermarks
+from fleet.messages import WorkflowEvent
+from fleet.settings import Settings
+from fleet.supervisor import child_env
+from fleet.topology import Topics, Topology, apply_topics, desired_topics
+
+PARTITIONS = 6
+BENCH = Path(__file__).with_name("bench.py")
+NOOP: JsonValue = {"name": "bench", "steps": [{"id": "a", "capability": "noop", "input": {}}]}
+
+
+def clients(settings: Settings, role: str) -> KafkaClients:
+    return KafkaClients(settings, resolve_bootstrap(settings), role=role)
+
+
+def spawn(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """One of bench.py's helper subcommands (relay, collect) as a process of its own."""
+    extra = {"FLEET_LOG_LEVEL": "warning", **(env or {})}
+    return subprocess.Popen([sys.executable, str(BENCH), *args], env=child_env(settings, extra))
+
+
+def fresh_topics(settings: Settings) -> Settings:
+    """Settings with a topic prefix of their own, topics applied: runs do not see each
+    other's records, committed offsets or state."""
+    settings = settings.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:6]}."})
+    topology = Topology.load(settings.topology_file)
+    apply_topics(
+        clients(settings, "bench").admin(),
+        topology,
+        desired_topics(topology, Topics(settings.topic_prefix), ["noop"]),
+    )
+    return settings
+
+
+def raw_topics(settings: Settings) -> tuple[str, str]:
+    """A fresh source and sink topic pair for the raw confluent-kafka relay."""
+    run = uuid.uuid4().hex[:6]
+    source = f"{settings.topic_prefix}bench.raw.{run}.tasks"
+    sink = f"{settings.topic_prefix}bench.raw.{run}.results"
+    admin = clients(settings, "bench").admin()
+    for future in admin.create_topics(
+        [NewTopic(t, PARTITIONS, 1) for t in (source, sink)]
+    ).values():
+        future.result()
+    return source, sink
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
+
+def median_max(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.median(values), max(values)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    key: str  # the workflow id, or the raw task's number
+    partition: int
+    sent: float  # epoch seconds, stamped by the sender
+    arrived: float  # epoch seconds, when this process read the result
+
+
+class Load(Protocol):
+    def send(self) -> str: ...
+    def poll(self, timeout_s: float) -> list[Arrival]: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _reader(kafka: KafkaClients, topic: str) -> Consumer:
+    """A group-less reader of every partition of ``topic``, from its current end."""
+    consumer = kafka.consumer(f"bench-reader-{uuid.uuid4().hex}")
+    consumer.assign(
+        [TopicPartition(topic, p, watermarks(consumer, topic, p)[1]) for p in range(PARTITIONS)]
+    )
+    return consumer
+
+
+class FleetLoad:
+    """One-step noop workflows; a workflow comes back with its terminal event."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = FleetClient(settings, role="bench-load")
+        self.consumer = _reader(self.client.clients, self.client.topics.events)
+
+    def send(self) -> str:
+        return self.client.submit(NOOP, flush=False)
+
+    def poll(self, timeout_s: float) -> list[Arrival]:
+        arrivals = []
+        for record in self.consumer.consume(500, timeout=timeout_s):
+            if record.error() is not None:
+                continue
+            now = time.time()
+            event = self.client.codec.decode(record.value(), WorkflowEvent)
+            if event.kind.terminal and event.submitted_at_ms is not None:
+                arrivals.append(
+                    Arrival(
+                        event.workflow_id,
+                        record.partition() or 0,
+                        event.submitted_at_ms / 1000,
+                        now,
+                    )
+                )
+        return arrivals
+
+    def flush(self) -> None:
+        self.client.flush(30)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.client.close()
+
+
+class RawLoad:
+    """Trivial JSON tasks onto ``source``; a task comes back as the relay's copy on ``sink``."""
+
+    def __init__(self, settings: Settings, source: str, sink: str) -> None:
+        kafka = clients(settings, "bench-load")
+        self.producer: Producer = kafka.producer()
+        self.consumer = _reader(kafka, sink)
+        self.source = source
+        self.sent = 0
+
+    def send(self) -> str:
+        key = str(self.sent)
+        self.sent += 1
+        value = json.dumps({"sent": time.time(), "n": key}).encode()
+        self.producer.produce(self.source, key=key.encode(), value=value)
+        self.producer.poll(0)
+        return key
+
+    def poll(self, timeout_s: float) -> list[Arrival]:
+        arrivals = []
+        for record in self.consumer.consume(500, timeout=timeout_s):
+            if record.error() is not None:
+                continue
+            body = json.loads(record.value() or b"{}")
+            arrivals.append(Arrival(body["n"], record.partition() or 0, body["sent"], time.time()))
+        return arrivals
+
+    def flush(self) -> None:
+        self.producer.flush(30)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.flush(10)
+
+
+@dataclass
+class PacedRun:
+    start: float
+    sent_at: dict[str, float] = field(default_factory=dict)  # key -> when it was sent
+    arrivals: list[Arrival] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        return len(self.sent_at.keys() - {a.key for a in self.arrivals})
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.arrivals) - len({a.key for a in self.arrivals})
+
+
+def warm_up(load: Load, timeout_s: float = 60.0) -> None:
+    """One unit there and back first: it pays for joins, metadata and producer ids, so
+    the paced run starts from a fleet that already works."""
+    key = load.send()
+    load.flush()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if any(a.key == key for a in load.poll(0.2)):
+            return
+    raise SystemExit(f"warm-up: nothing came back within {timeout_s:g} s")
+
+
+def paced(
+    load: Load,
+    rate: float,
+    seconds: float,
+    *,
+    at: Sequence[tuple[float, Callable[[], None]]] = (),
+    stop_when: Callable[[PacedRun], bool] | None = None,
+    drain_s: float = 30.0,
+) -> PacedRun:
+    """Send ``rate`` units a second for up to ``seconds`` (``at``: (offset s, action) pairs
+    fired once; ``stop_when`` ends sending early), then wait up to ``drain_s`` for the rest.
+    Results are read in the same loop, so their arrival times are this process's clock."""
+    warm_up(load)
+    run = PacedRun(start=time.time())
+    actions = sorted(at, key=lambda pair: pair[0])
+    next_check = run.start
+    while (elapsed := time.time() - run.start) < seconds:
+        while actions and actions[0][0] <= elapsed:
+            actions.pop(0)[1]()
+        while len(run.sent_at) < rate * elapsed:
+            run.sent_at[load.send()] = time.time()
+        run.arrivals.extend(load.poll(0.01))
+        if stop_when is not None and time.time() >= next_check:
+            next_check = time.time() + 0.5  # the check scans every arrival: not every loop
+            if stop_when(run):
+                break
+    load.flush()
+    deadline = time.time() + drain_s
+    while run.missing and time.time() < deadline:
+        run.arrivals.extend(load.poll(0.2))
+    return run

@@ -1,0 +1,224 @@
+"""The benchmark's measured runs: the raw relay baseline and the platform, as a burst
+and as a paced load, and the helper processes they start (relay, collect)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from bench_common import (
+    NOOP,
+    PARTITIONS,
+    FleetLoad,
+    PacedRun,
+    RawLoad,
+    clients,
+    fresh_topics,
+    paced,
+    percentile,
+    raw_topics,
+    spawn,
+)
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from fleet.client import FleetClient
+from fleet.messages import WorkflowEvent
+from fleet.settings import Settings
+from fleet.supervisor import Supervisor
+from fleet.topology import Topics
+
+COLLECT_TIMEOUT_S = 180
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for the helper processes; one failing ends the benchmark at once."""
+    deadline = time.monotonic() + COLLECT_TIMEOUT_S + 30
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.returncode not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            raise SystemExit(f"benchmark process failed: {[p.args for p in failed]}")
+        time.sleep(0.2)
+
+
+def relay(settings: Settings, source: str, sink: str, count: int, group: str | None) -> None:
+    """The baseline worker: consume, answer, commit — no decoding, no orchestration.
+
+    ``count`` 0 relays until killed (the recovery baseline: two relays in ``group``)."""
+    kafka = clients(settings, "bench-relay")
+    consumer: Consumer = kafka.consumer(group or f"bench-relay-{uuid.uuid4().hex}")
+    producer: Producer = kafka.producer()
+    consumer.subscribe([source])
+    seen = 0
+    while seen < count or count == 0:
+        # A short wait: consume() holds a part-filled batch for up to its timeout, and
+        # under a paced load that wait would be the relay's whole latency.
+        records = consumer.consume(500, timeout=0.05)
+        offsets: dict[int, int] = {}
+        for record in records:
+            if record.error() is None:
+                producer.produce(sink, key=record.key(), value=record.value())
+                offsets[record.partition() or 0] = (record.offset() or 0) + 1
+                seen += 1
+        if offsets:
+            # Like a worker: results durable first, then the inputs' offsets.
+            producer.flush(30)
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(source, p, o) for p, o in offsets.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                # A rebalance under way (the recovery baseline kills a member): like a
+                # worker, go on; the uncommitted records are redelivered to their owner.
+                print(f"relay: commit failed, going on: {exc}", file=sys.stderr)
+    consumer.close()
+
+
+def collect(settings: Settings, topic: str, count: int, out: Path, events: bool) -> None:
+    """Record the arrival time of each result (raw) or terminal workflow event (platform)."""
+    consumer: Consumer = clients(settings, "bench-collect").consumer(
+        f"bench-collect-{uuid.uuid4().hex}"
+    )
+    client = FleetClient(settings, role="bench-collect") if events else None
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    latencies: list[float] = []
+    first = last = 0.0
+    deadline = time.monotonic() + COLLECT_TIMEOUT_S
+    while len(latencies) < count and time.monotonic() < deadline:
+        for record in consumer.consume(500, timeout=0.5):
+            if record.error() is not None:
+                continue
+            now = time.time()
+            if client is not None:
+                event = client.codec.decode(record.value(), WorkflowEvent)
+                if not event.kind.terminal or event.submitted_at_ms is None:
+                    continue
+                sent = event.submitted_at_ms / 1000
+            else:
+                sent = json.loads(record.value() or b"{}")["sent"]
+            latencies.append(now - sent)
+            first = first or now
+            last = now
+    consumer.close()
+    out.write_text(json.dumps({"latencies": latencies, "last": last}))
+
+
+def _summary(name: str, start: float, result: Path, count: int) -> dict[str, float]:
+    data = json.loads(result.read_text())
+    lat = sorted(data["latencies"])
+    if len(lat) < count:
+        raise SystemExit(f"{name}: only {len(lat)} of {count} arrived")
+    return {
+        "tasks_per_s": count / (data["last"] - start),
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": percentile(lat, 0.99) * 1000,
+    }
+
+
+def run_baseline(settings: Settings, count: int, work: Path) -> dict[str, float]:
+    source, sink = raw_topics(settings)
+    out = work / "baseline.json"
+    procs = [
+        spawn(settings, "relay", source, sink, str(count)),
+        spawn(settings, "collect", sink, str(count), str(out)),
+    ]
+    time.sleep(3)  # let both join before the clock starts
+    producer = clients(settings, "bench-produce").producer()
+    start = time.time()
+    for i in range(count):
+        value = json.dumps({"sent": time.time(), "n": i}).encode()
+        producer.produce(source, key=str(i).encode(), value=value)
+        producer.poll(0)
+    producer.flush(60)
+    _wait_all(procs)
+    return _summary("baseline", start, out, count)
+
+
+def paced_relay_latency(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
+    """The raw relay under the same paced load as the platform's: the latency floor."""
+    source, sink = raw_topics(settings)
+    group = f"bench-relay-{uuid.uuid4().hex}"
+    relay_process = spawn(settings, "relay", source, sink, "0", "--group", group)
+    try:
+        FleetClient(settings, role="bench").wait_for_groups([group], 1, timeout_s=60)
+        load = RawLoad(settings, source, sink)
+        try:
+            run = paced(load, rate, seconds)
+        finally:
+            load.close()
+    finally:
+        relay_process.kill()
+        relay_process.wait(10)
+    return _latencies("paced relay", run)
+
+
+def run_platform(
+    settings: Settings,
+    count: int,
+    work: Path,
+    *,
+    orchestrator_args: tuple[str, ...] = (),
+    profile: Path | None = None,
+    paced_load: tuple[float, float] | None = None,
+) -> dict[str, float]:
+    """A burst of ``count`` workflows on fresh topics; then, with ``paced_load`` (rate,
+    seconds), a steady load whose latency is the guarantee's own, not queueing."""
+    settings = fresh_topics(settings)
+    out = work / f"platform-{settings.topic_prefix}json"
+    with Supervisor(settings, work / "logs" / settings.topic_prefix) as supervisor:
+        supervisor.start("orchestrator", ["orchestrator", *orchestrator_args], profile_to=profile)
+        supervisor.start(
+            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "16"]
+        )
+        collector = spawn(
+            settings,
+            "collect",
+            Topics(settings.topic_prefix).events,
+            str(count),
+            str(out),
+            "--events",
+        )
+        client = FleetClient(settings, role="bench")
+        client.wait_for_pools(["noop"], 1, timeout_s=60)
+        # Warm-up: the first workflow pays for group joins and metadata.
+        warm = client.event_consumer(from_beginning=False)
+        wid = client.submit({"name": "warm", "steps": [{"id": "a", "capability": "noop"}]})
+        client.wait(warm, [wid], 60)
+        warm.close()
+        time.sleep(1)
+        start = time.time()
+        for _ in range(count):
+            client.submit(NOOP, flush=False)
+        client.flush(60)
+        _wait_all([collector])
+        result = _summary("platform", start, out, count + 1)
+        if paced_load is not None:
+            result |= _paced_latency(settings, *paced_load)
+        supervisor.stop_all()
+    return result
+
+
+def _paced_latency(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
+    load = FleetLoad(settings)
+    try:
+        run = paced(load, rate, seconds)
+    finally:
+        load.close()
+    return _latencies("paced platform", run)
+
+
+def _latencies(name: str, run: PacedRun) -> dict[str, float]:
+    if run.missing:
+        raise SystemExit(f"{name}: {run.missing} of {len(run.sent_at)} did not come back")
+    latencies = [a.arrived - a.sent for a in run.arrivals]
+    return {
+        "paced_p50_ms": statistics.median(latencies) * 1000,
+        "paced_p99_ms": percentile(latencies, 0.99) * 1000,
+    }
