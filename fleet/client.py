@@ -8,11 +8,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    Consumer,
     ConsumerGroupState,
     KafkaError,
     KafkaException,
-    TopicPartition,
 )
 from confluent_kafka.admin import ConsumerGroupDescription
 from pydantic import JsonValue
@@ -27,6 +25,7 @@ from fleet.kafka import (
     watermarks,
 )
 from fleet.messages import WorkflowCancelRequested, WorkflowEvent, WorkflowSubmitted
+from fleet.reader import TopicReader
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import new_traceparent
@@ -137,34 +136,45 @@ class FleetClient:
             )
 
     def flush(self, timeout_s: float = 30) -> None:
+        """Wait for every request to be delivered; on a timeout, raise and start over.
+
+        Starting over means a fresh producer: a long-lived one has been seen to stop
+        delivering after a broker restart while fresh ones worked (fault run seed 4001).
+        The undelivered requests are dropped with the old producer; the caller learns
+        it from the error and resubmits, which is safe (submission is idempotent by
+        workflow id, so a late delivery of the old copy is harmless).
+        """
         if self._producer.flush(timeout_s):
+            old, self._producer = self._producer, self.clients.producer()
+            old.purge()
+            old.flush(0)
             raise BrokerError(f"workflow requests not delivered within {timeout_s:.0f} s")
 
-    def event_consumer(self, from_beginning: bool) -> Consumer:
+    def event_consumer(self, from_beginning: bool) -> TopicReader:
         """A group-less reader of every partition of the events topic.
 
         Starting offsets are read explicitly (not OFFSET_END, which librdkafka resolves
-        lazily) so nothing produced after this call returns can be missed.
+        lazily) so nothing produced after this call returns can be missed. The reader
+        reopens itself if librdkafka stops fetching (see fleet.reader).
         """
-        consumer = self.clients.consumer(f"fleet-reader-{uuid.uuid4().hex}")
         name = self.topics.events
+        group = f"fleet-reader-{uuid.uuid4().hex}"
+        probe = self.clients.consumer(group)
         try:
             partitions = self.admin.list_topics(topic=name, timeout=10).topics[name].partitions
-            assignment = []
-            for p in sorted(partitions):
-                start = OFFSET_BEGINNING
-                if not from_beginning:
-                    _low, start = watermarks(consumer, name, p)
-                assignment.append(TopicPartition(name, p, start))
+            starts = {
+                p: OFFSET_BEGINNING if from_beginning else watermarks(probe, name, p)[1]
+                for p in sorted(partitions)
+            }
         except (KafkaException, KeyError) as exc:
-            consumer.close()
             raise BrokerError(f"cannot read {name}: {exc}; run `fleet topics apply`") from exc
-        consumer.assign(assignment)
-        return consumer
+        finally:
+            probe.close()
+        return TopicReader(lambda: self.clients.consumer(group), self.admin, name, starts)
 
     def events(
         self,
-        consumer: Consumer,
+        consumer: TopicReader,
         *,
         until: Callable[[WorkflowEvent], bool] = lambda _e: False,
         timeout_s: float | None = None,
@@ -191,7 +201,7 @@ class FleetClient:
                     return
 
     def wait(
-        self, consumer: Consumer, workflow_ids: Iterable[str], timeout_s: float
+        self, consumer: TopicReader, workflow_ids: Iterable[str], timeout_s: float
     ) -> dict[str, WorkflowEvent]:
         """Terminal events of the given workflows (those that ended within the timeout)."""
         pending = set(workflow_ids)

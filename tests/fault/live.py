@@ -190,6 +190,11 @@ class LiveRun:
             self.notes.append(f"processes not exiting 0 on SIGTERM at the end: {unclean}")
         watcher.stop.set()
         watcher.join(10)
+        if watcher.consumer.reopens:
+            self.notes.append(
+                f"the live event reader stopped fetching and was reopened "
+                f"{watcher.consumer.reopens} time(s) (librdkafka#5153)"
+            )
         log(f"fleet stopped; reading everything back (exit codes {codes})")
 
         reading = time.monotonic()
