@@ -66,3 +66,8 @@ class PermanentError(HandlerError):
     """The task failed and retrying cannot help: the step fails at once."""
 
     retryable = False
+
+
+class MarketError(FleetError):
+    """The market's books disagree with themselves (a replay that does not reproduce the
+    ledger, a bid or lease applied against its rules)."""
