@@ -39,6 +39,24 @@ class WorkflowCancelRequested(Message):
     requested_at_ms: int
 
 
+class LeaseGrant(BaseModel):
+    """A lease on units of a contended resource, as tasks and outcomes carry it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resource: str
+    lease_id: str
+    units: list[int]
+    epoch: int
+    seq: int
+    unit_price: int
+    expires_at_ms: int
+
+    @property
+    def token(self) -> tuple[int, int]:
+        return (self.epoch, self.seq)
+
+
 class TaskAssigned(Message):
     schema_name: ClassVar[str] = "io.fleet.TaskAssigned"
     json_fields: ClassVar[tuple[str, ...]] = ("input",)
@@ -52,6 +70,7 @@ class TaskAssigned(Message):
     input: JsonValue
     deadline_ms: int | None = None
     dispatched_at_ms: int
+    leases: list[LeaseGrant] = []
 
 
 class TaskStatus(StrEnum):
@@ -150,3 +169,75 @@ class DeadLetter(Message):
     error_message: str
     consumer: str
     at_ms: int
+
+
+class MarketInputKind(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    BID = "BID"
+    WITHDRAW = "WITHDRAW"
+    CLAIM = "CLAIM"
+    RELEASE = "RELEASE"
+    REVOKE = "REVOKE"
+    CAPACITY = "CAPACITY"
+
+
+class MarketInput(Message):
+    schema_name: ClassVar[str] = "io.fleet.MarketInput"
+
+    kind: MarketInputKind
+    resource: str
+    bid_id: str | None = None
+    workflow_id: str | None = None
+    task_id: str | None = None
+    band: int = 0
+    price: int = 0
+    units: int = 1
+    lease_ttl_ms: int = 0
+    valid_rounds: int = 0
+    epoch: int = 0
+    seq: int = 0
+    capacity: int | None = None
+    at_ms: int
+
+
+class MarketOutcomeKind(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    GRANTED = "GRANTED"
+    LOST = "LOST"
+    ENDED = "ENDED"
+
+
+class MarketOutcome(Message):
+    schema_name: ClassVar[str] = "io.fleet.MarketOutcome"
+
+    kind: MarketOutcomeKind
+    resource: str
+    bid_id: str
+    workflow_id: str
+    task_id: str
+    lease: LeaseGrant | None = None
+    reason: str | None = None
+    round_no: int = 0
+    at_ms: int
+
+
+class MarketRound(Message):
+    schema_name: ClassVar[str] = "io.fleet.MarketRound"
+    json_fields: ClassVar[tuple[str, ...]] = ("record",)
+
+    resource: str
+    round_no: int
+    epoch: int
+    hash: str
+    prev_hash: str
+    record: JsonValue
+
+
+class BudgetTopUpRequested(Message):
+    schema_name: ClassVar[str] = "io.fleet.BudgetTopUpRequested"
+
+    workflow_id: str
+    top_up_id: str
+    amount: int
+    requested_by: str | None = None
+    requested_at_ms: int
