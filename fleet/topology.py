@@ -25,6 +25,12 @@ REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE = (
     "orchestrator.state",
 )
 TASKS_PREFIX = "tasks."
+MARKET_BIDS, MARKET_OUTCOMES, MARKET_LEDGER, MARKET_STATE = (
+    "market.bids",
+    "market.outcomes",
+    "market.ledger",
+    "market.state",
+)
 
 
 class TopicSpec(BaseModel):
@@ -99,6 +105,22 @@ class Topics:
     @property
     def state(self) -> str:
         return self.prefix + STATE
+
+    @property
+    def market_bids(self) -> str:
+        return self.prefix + MARKET_BIDS
+
+    @property
+    def market_outcomes(self) -> str:
+        return self.prefix + MARKET_OUTCOMES
+
+    @property
+    def market_ledger(self) -> str:
+        return self.prefix + MARKET_LEDGER
+
+    @property
+    def market_state(self) -> str:
+        return self.prefix + MARKET_STATE
 
     def tasks(self, capability: str) -> str:
         return self.prefix + TASKS_PREFIX + check_capability(capability)
