@@ -48,6 +48,8 @@ class Settings(BaseModel):
     client_config: dict[str, str] = Field(default_factory=dict)
     topic_prefix: str = "fleet."
     topology_file: Path = Field(default_factory=lambda: _bundled("topics.yaml"))
+    # Resource pools, bands and tenants of the market (orchestrator.market.policy).
+    market_file: Path = Field(default_factory=lambda: _bundled("market.yaml"))
     schemas_dir: Path = Field(default_factory=lambda: _bundled("schemas"))
     kafka_version: str = DEFAULT_KAFKA_VERSION
     kafka_cache_dir: Path = Field(
@@ -86,6 +88,7 @@ class Settings(BaseModel):
             "KAFKA_BOOTSTRAP_SERVERS": "bootstrap_servers",
             "FLEET_TOPIC_PREFIX": "topic_prefix",
             "FLEET_TOPOLOGY": "topology_file",
+            "FLEET_MARKET_FILE": "market_file",
             "FLEET_SCHEMAS": "schemas_dir",
             "FLEET_KAFKA_VERSION": "kafka_version",
             "FLEET_KAFKA_CACHE": "kafka_cache_dir",

@@ -13,17 +13,29 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
 )
 from pydantic_core import PydanticCustomError
 
 from fleet.errors import SpecError
+from orchestrator.market.policy import (
+    UNITS_MAX,
+    MarketPolicy,
+    NotAllowedError,
+    Tenant,
+    micro_to_credits,
+    pydantic_money,
+)
 from orchestrator.refs import (
     STEP_ID_PATTERN,
     Ref,
@@ -37,7 +49,14 @@ from orchestrator.refs import (
 )
 from orchestrator.specfile import load_spec_file
 
-__all__ = ["TIMEOUT_MAX_S", "StepSpec", "WorkflowSpec", "load_spec_file", "parse_spec"]
+__all__ = [
+    "TIMEOUT_MAX_S",
+    "StepSpec",
+    "WorkflowSpec",
+    "check_market",
+    "load_spec_file",
+    "parse_spec",
+]
 
 # Capabilities become Kafka topic names ``<prefix>tasks.<capability>`` (at most 249
 # characters), so names use the topic alphabet and leave room for the prefix.
@@ -50,6 +69,43 @@ TIMEOUT_MAX_S = 365 * 24 * 3600.0
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
 
 Problem = tuple[str, str]
+
+
+def _money(value: object) -> int | None:
+    return None if value is None else pydantic_money(value)
+
+
+def _price(value: object) -> int | None:
+    micro = _money(value)
+    if micro == 0:  # a hold of 0 would buy nothing and is not a hold (market/budget.py)
+        raise PydanticCustomError("money", "must be more than 0 credits")
+    return micro
+
+
+def _credits(micro: int | None) -> str | None:
+    return None if micro is None else micro_to_credits(micro)
+
+
+# Users write credits (2, 1.5, "0.25"); the attribute holds exact micro-credits. Dumped,
+# in any mode, it is credits again as a decimal string: the dump is the spec document
+# (the changelog stores it and a restore re-parses it), so re-parsing reads back the same
+# integer and never takes micro-credits for credits.
+Money = Annotated[int | None, BeforeValidator(_money), PlainSerializer(_credits)]
+Price = Annotated[int | None, BeforeValidator(_price), PlainSerializer(_credits)]
+Units = Annotated[int, Field(ge=1, le=UNITS_MAX)]
+
+
+def _without_defaults(
+    model: BaseModel, handler: SerializerFunctionWrapHandler, defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The model's document without the market fields left at their defaults.
+
+    A workflow that does not use the market keeps the exact document it had before these
+    fields existed, so an orchestrator of the previous version (which forbids unknown
+    fields) can still restore its changelog record during a rolling upgrade or rollback.
+    """
+    doc: dict[str, Any] = handler(model)
+    return {k: v for k, v in doc.items() if k not in defaults or v != defaults[k]}
 
 
 class StepSpec(BaseModel):
@@ -70,6 +126,25 @@ class StepSpec(BaseModel):
     max_backoff_s: float = Field(
         default=60.0, ge=0, le=TIMEOUT_MAX_S, allow_inf_nan=False, validate_default=True
     )
+    # Units of each contended pool the step holds while it runs ({gpu: 1, license: 1}).
+    resources: dict[Name, Units] = {}
+    # Credits per unit the step bids at most (None: its tenant's default_max_price).
+    max_price: Price = None
+
+    def acquire_order(self) -> list[tuple[str, int]]:
+        """``(pool, units)`` in the order the engine acquires them: by pool name.
+
+        One global order for every step is what rules out waiting cycles (Havender's
+        ordered resources): a step holding pool p only ever waits for a pool named after
+        p (a pool's units come in one all-or-nothing award, never piecemeal), so along
+        any chain "waits for a pool held by a step that waits for ..." the names strictly
+        increase and the chain cannot come back to where it started.
+        """
+        return sorted(self.resources.items())
+
+    @model_serializer(mode="wrap")
+    def _document(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_defaults(self, handler, {"resources": {}, "max_price": None})
 
     @field_validator("max_backoff_s")
     @classmethod
@@ -93,6 +168,16 @@ class WorkflowSpec(BaseModel):
     output: JsonValue = None
     # Measured from the request's submitted_at_ms; past it the workflow fails.
     deadline_s: float | None = Field(default=None, gt=0, le=TIMEOUT_MAX_S, allow_inf_nan=False)
+    # Credits the workflow may spend on resources (None: its tenant's budget_default).
+    budget: Money = None
+    # Who it bids for (None: the policy's default tenant), and in which band (None: the
+    # tenant's default band). Policy decides what a tenant may use: see check_market.
+    tenant: Name | None = None
+    priority: Name | None = None
+
+    @model_serializer(mode="wrap")
+    def _document(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_defaults(self, handler, {"budget": None, "tenant": None, "priority": None})
 
     def step(self, step_id: str) -> StepSpec:
         for step in self.steps:
@@ -131,6 +216,84 @@ def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = No
         raise SpecError(problems)
     assert spec is not None
     return spec
+
+
+def check_market(spec: WorkflowSpec, policy: MarketPolicy) -> list[Problem]:
+    """What in a valid ``spec`` the market ``policy`` forbids or makes impossible, as
+    ``(location, reason)`` problems like :func:`parse_spec`'s; empty when it may run.
+
+    Separate from :func:`parse_spec` because the policy is the deployment's, not the
+    spec's: the orchestrator checks it on submission and rejects the workflow with these
+    reasons. Capacity is the configured one (an operator may change it at run time).
+    """
+    problems: list[Problem] = []
+    tenant: Tenant | None = None
+    try:
+        tenant = policy.tenant_of(spec.tenant)
+        policy.band_of(tenant.name, spec.priority)
+    except NotAllowedError as exc:
+        problems.extend(exc.problems)
+    for position, step in enumerate(spec.steps):
+        label = f"steps[{position}] (id {step.id!r})"
+        for pool_name, units in step.acquire_order():
+            problems.extend(
+                _pool_problems(label, step, pool_name, units, policy=policy, tenant=tenant)
+            )
+    # With the market off, the resources themselves are the problem, not the budget.
+    needs_budget = spec.budget is None and any(step.resources for step in spec.steps)
+    if needs_budget and policy.enabled and tenant is not None and tenant.budget_default is None:
+        problems.append(
+            (
+                "budget",
+                f"steps need resources and tenant {tenant.name!r} has no budget_default: "
+                "set the workflow's budget",
+            )
+        )
+    return problems
+
+
+def _pool_problems(
+    label: str,
+    step: StepSpec,
+    pool_name: str,
+    units: int,
+    *,
+    policy: MarketPolicy,
+    tenant: Tenant | None,
+) -> list[Problem]:
+    """Why ``step`` could never be served ``units`` of ``pool_name``, if it could not."""
+    where = f"{label}.resources.{pool_name}"
+    pool = policy.pools.get(pool_name)
+    if pool is None:
+        if not policy.enabled:
+            return [(where, "no resource pools are configured: the market is off")]
+        return [(where, f"unknown pool {pool_name!r} (pools: {', '.join(policy.pools)})")]
+    problems: list[Problem] = []
+    if units > pool.capacity:
+        problems.append(
+            (
+                where,
+                f"needs {units} units but pool {pool_name!r} has {pool.capacity}: "
+                "the step could never run",
+            )
+        )
+    # Clearing turns a bid below the reserve away at once: such a step would never run.
+    if step.max_price is not None:
+        price, whose = step.max_price, ""
+    elif tenant is not None:
+        price, whose = tenant.default_max_price, f" (tenant {tenant.name!r}'s default)"
+    else:
+        return problems  # the unknown tenant is already reported
+    if price < pool.reserve:
+        problems.append(
+            (
+                f"{label}.max_price",
+                f"{micro_to_credits(price)} credits per unit{whose} is below pool "
+                f"{pool_name!r}'s reserve of {micro_to_credits(pool.reserve)}: "
+                "its bids could never win",
+            )
+        )
+    return problems
 
 
 def _label(position: int, raw_steps: list[Any]) -> str:
@@ -342,6 +505,10 @@ def _shape_problems(exc: ValidationError, doc: Mapping[str, Any]) -> list[Proble
     problems = []
     for error in exc.errors():
         loc = error["loc"]
+        if loc and loc[-1] == "[key]" and error["type"] != "string_type":
+            # A string key that is not a valid name (a pool in resources).
+            problems.append((_location(loc[:-1], raw_list), _reason(error)))
+            continue
         if loc and loc[-1] == "[key]":
             # JSON object keys must be strings; pydantic reports the key itself.
             where = _location(loc[:-1], raw_list)
