@@ -1,7 +1,7 @@
 # The fleet image: orchestrator and worker pools run from it with different commands.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md topics.yaml ./
+COPY pyproject.toml README.md topics.yaml market.yaml ./
 COPY schemas ./schemas
 COPY fleet ./fleet
 COPY orchestrator ./orchestrator
