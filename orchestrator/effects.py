@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from fleet.messages import EventKind, TaskAssigned, WorkflowError, WorkflowEvent
+from fleet.messages import (
+    EventKind,
+    MarketInput,
+    TaskAssigned,
+    WorkflowError,
+    WorkflowEvent,
+)
 from orchestrator.spec import StepSpec
 from orchestrator.state import TaskRun, WorkflowState
 
@@ -28,6 +34,8 @@ class Effects:
     events: list[WorkflowEvent] = field(default_factory=list)  # workflow.events, key workflow_id
     finished: list[FinishedTask] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # why an input was ignored
+    market: list[MarketInput] = field(default_factory=list)  # market.bids, key resource
+    budget_denials: int = 0
 
 
 def assign(workflow_id: str, step: StepSpec, task_id: str, run: TaskRun) -> TaskAssigned:
@@ -42,6 +50,7 @@ def assign(workflow_id: str, step: StepSpec, task_id: str, run: TaskRun) -> Task
         input=run.input,
         deadline_ms=run.deadline_ms,
         dispatched_at_ms=run.dispatched_at_ms,
+        leases=[run.leases[pool] for pool in sorted(run.leases)],
     )
 
 

@@ -21,7 +21,10 @@ from pydantic import JsonValue
 
 from fleet.errors import ConfigError, ResolutionError, SpecError
 from fleet.messages import (
+    BudgetTopUpRequested,
     EventKind,
+    MarketOutcome,
+    MarketOutcomeKind,
     TaskError,
     TaskResult,
     TaskStatus,
@@ -29,6 +32,7 @@ from fleet.messages import (
     WorkflowError,
     WorkflowSubmitted,
 )
+from orchestrator import acquire
 from orchestrator.effects import (
     Effects,
     FinishedTask,
@@ -37,8 +41,10 @@ from orchestrator.effects import (
     seconds,
     state_event,
 )
+from orchestrator.market.budget import Budget
+from orchestrator.market.policy import MarketPolicy
 from orchestrator.refs import Context, json_kind, resolve
-from orchestrator.spec import StepSpec, parse_spec
+from orchestrator.spec import StepSpec, check_market, parse_spec
 from orchestrator.state import FinishedWorkflow, StepRun, TaskRun, WorkflowState, task_id_for
 from orchestrator.store import WorkflowStore
 from orchestrator.timers import Timer, TimerKind, backoff_ms
@@ -79,12 +85,17 @@ class Engine:
     """
 
     def __init__(
-        self, has_capability: Callable[[str], bool], *, finished_retention_ms: int = 3_600_000
+        self,
+        has_capability: Callable[[str], bool],
+        *,
+        finished_retention_ms: int = 3_600_000,
+        policy: MarketPolicy | None = None,
     ) -> None:
         if finished_retention_ms < 0:
             raise ConfigError(f"finished_retention_ms must be >= 0, got {finished_retention_ms}")
         self._has_capability = has_capability
         self._store = WorkflowStore(finished_retention_ms)
+        self._policy = policy or MarketPolicy.empty()
 
     # -- queries ------------------------------------------------------------------------
 
@@ -153,6 +164,8 @@ class Engine:
             return effects
         try:
             spec = parse_spec(request.spec, has_capability=self._has_capability)
+            if problems := check_market(spec, self._policy):
+                raise SpecError(problems)
         except SpecError as exc:
             name = request.spec.get("name") if isinstance(request.spec, dict) else None
             effects.events.append(
@@ -168,6 +181,12 @@ class Engine:
             self._store.finish(workflow_id, EventKind.REJECTED, now_ms)
             return effects
         state = WorkflowState(workflow_id, spec, request.submitted_at_ms)
+        if any(step.resources for step in spec.steps):
+            # Band and budget are decided now, from the policy in force at submission.
+            tenant = self._policy.tenant_of(spec.tenant)
+            state.band = self._policy.band_of(tenant.name, spec.priority)
+            limit = spec.budget if spec.budget is not None else tenant.budget_default
+            state.budget = Budget(limit or 0)
         self._store.add(state)
         effects.events.append(state_event(state, EventKind.ACCEPTED, now_ms))
         try:
@@ -210,6 +229,7 @@ class Engine:
             return effects
         self._store.touch(workflow_id)
         self._store.attempt_ended(workflow_id, result.task_id)
+        effects.market += acquire.release(run, now_ms)  # the worker is done with them
         step = state.spec.step(run.step_id)
         succeeded = result.status is TaskStatus.SUCCEEDED
         latency = max(0, now_ms - run.dispatched_at_ms)
@@ -246,9 +266,50 @@ class Engine:
             )
             return effects
         error = WorkflowError(type="Cancelled", message=request.reason or "cancelled")
+        self._abandon_market(state, now_ms, effects)
         effects.events.append(state_event(state, EventKind.CANCELLED, now_ms, error=error))
         # Dropping the state drops its timers: no retry or timeout can dispatch again.
         self._store.finish(workflow_id, EventKind.CANCELLED, now_ms)
+        return effects
+
+    def on_market(self, outcome: MarketOutcome, now_ms: int) -> Effects:
+        """An auctioneer's answer about one of this workflow's bids or leases."""
+        effects = Effects()
+        state = self._store.get(outcome.workflow_id)
+        if state is None:
+            if outcome.kind is MarketOutcomeKind.GRANTED and outcome.lease is not None:
+                effects.market.append(acquire.release_one(outcome.lease, now_ms))  # unwanted
+            effects.dropped.append(
+                f"market {outcome.kind.value} {outcome.bid_id}: workflow not active"
+            )
+            return effects
+        self._store.touch(outcome.workflow_id)
+        run = state.tasks.get(outcome.task_id)
+        try:
+            if outcome.kind is MarketOutcomeKind.GRANTED:
+                self._granted(state, run, outcome, now_ms, effects)
+            elif outcome.kind is MarketOutcomeKind.LOST:
+                self._lost(state, run, outcome, now_ms, effects)
+            elif outcome.kind is MarketOutcomeKind.ENDED:
+                self._lease_ended(state, run, outcome, now_ms, effects)
+            else:
+                effects.dropped.append(f"market outcome {outcome.bid_id}: unknown kind")
+        except _WorkflowFailed as failure:
+            self._fail(state, failure.error, now_ms, effects)
+        return effects
+
+    def top_up(self, request: BudgetTopUpRequested, now_ms: int) -> Effects:
+        """Raise a running workflow's budget (once per top-up id)."""
+        effects = Effects()
+        state = self._store.get(request.workflow_id)
+        if state is None or state.budget is None:
+            why = "not active" if state is None else "has no budget (no step needs resources)"
+            effects.dropped.append(f"top-up of workflow {request.workflow_id}: {why}")
+            return effects
+        if state.budget.top_up(request.top_up_id, request.amount):
+            self._store.touch(request.workflow_id)
+        else:
+            effects.dropped.append(f"top-up {request.top_up_id}: already applied")
         return effects
 
     def tick(self, now_ms: int) -> Effects:
@@ -299,9 +360,13 @@ class Engine:
             step = state.spec.step(run.step_id)
             if timer.kind is TimerKind.RETRY:
                 run.attempt += 1
-                fx.tasks.append(self._store.dispatch(state, step, timer.task_id, run, now_ms))
+                run.retry_at_ms = None
+                self._launch(state, step, timer.task_id, run, now_ms=now_ms, fx=fx)
                 return
             fx.finished.append(FinishedTask(step.capability, now_ms - run.dispatched_at_ms, False))
+            # Its leases are not given back: the worker may still be using them. They end
+            # at their expiry, which the worker's handler deadline never outlives.
+            run.leases = {}
             timeout = TaskError(
                 type="TimeoutError",
                 message=f"no result within {seconds(step.timeout_s)} s",
@@ -312,11 +377,139 @@ class Engine:
         except _WorkflowFailed as failure:
             self._fail(state, failure.error, now_ms, fx)
 
+    def _launch(
+        self,
+        state: WorkflowState,
+        step: StepSpec,
+        task_id: str,
+        run: TaskRun,
+        *,
+        now_ms: int,
+        fx: Effects,
+    ) -> None:
+        """Dispatch ``run.attempt``, once it holds a lease on every pool its step needs."""
+        if step.resources:
+            run.acquiring = True
+            pool = acquire.next_pool(step, run)
+            if pool is not None:
+                try:
+                    fx.market.append(
+                        acquire.bid(
+                            self._policy, state, step, task_id, run, pool=pool, now_ms=now_ms
+                        )
+                    )
+                except acquire.BudgetDenied as denied:
+                    fx.budget_denials += 1
+                    raise _WorkflowFailed(
+                        WorkflowError(type="BudgetExhausted", message=str(denied), step_id=step.id)
+                    ) from denied
+                return
+            run.acquiring = False
+        fx.tasks.append(self._store.dispatch(state, step, task_id, run, now_ms))
+
+    def _granted(
+        self,
+        state: WorkflowState,
+        run: TaskRun | None,
+        outcome: MarketOutcome,
+        now_ms: int,
+        fx: Effects,
+    ) -> None:
+        lease = outcome.lease
+        if lease is None:
+            fx.dropped.append(f"grant {outcome.bid_id}: carries no lease")
+            return
+        # The settlement: the clearing price is charged, the rest of the hold released.
+        acquire.settle(state.budget, outcome.bid_id, lease.unit_price * len(lease.units))
+        if run is None or run.bid != outcome.bid_id:
+            fx.market.append(acquire.release_one(lease, now_ms))
+            fx.dropped.append(f"grant {outcome.bid_id}: no longer wanted; released")
+            return
+        run.bid = None
+        run.leases[lease.resource] = lease
+        fx.market.append(acquire.claim(lease, now_ms))
+        step = state.spec.step(run.step_id)
+        self._launch(state, step, outcome.task_id, run, now_ms=now_ms, fx=fx)
+
+    def _lost(
+        self,
+        state: WorkflowState,
+        run: TaskRun | None,
+        outcome: MarketOutcome,
+        now_ms: int,
+        fx: Effects,
+    ) -> None:
+        acquire.settle(state.budget, outcome.bid_id, 0)
+        if run is None or run.bid != outcome.bid_id:
+            fx.dropped.append(f"bid {outcome.bid_id} lost ({outcome.reason}): not out any more")
+            return
+        run.bid = None
+        error = TaskError(
+            type="ResourceUnavailable",
+            message=f"bid on {outcome.resource} {outcome.reason}",
+            retryable=outcome.reason == "expired",  # below reserve, unknown pool: for good
+        )
+        self._attempt_failed(
+            state, _Failure(outcome.task_id, run, TaskStatus.FAILED, error), now_ms, fx
+        )
+
+    def _lease_ended(
+        self,
+        state: WorkflowState,
+        run: TaskRun | None,
+        outcome: MarketOutcome,
+        now_ms: int,
+        fx: Effects,
+    ) -> None:
+        lease = outcome.lease
+        held = None if run is None else run.leases.get(outcome.resource)
+        if run is None or lease is None or held is None or held.token != lease.token:
+            fx.dropped.append(f"lease {outcome.bid_id} ended ({outcome.reason}): not held")
+            return
+        del run.leases[outcome.resource]
+        error = TaskError(
+            type="LeaseEnded",
+            message=f"lease on {outcome.resource} {outcome.reason}",
+            retryable=True,
+        )
+        self._attempt_failed(
+            state, _Failure(outcome.task_id, run, TaskStatus.FAILED, error), now_ms, fx
+        )
+
+    def _attempt_failed(
+        self, state: WorkflowState, failed: _Failure, now_ms: int, fx: Effects
+    ) -> None:
+        """The market ended an attempt (acquiring or in flight): retry it, or fail."""
+        task_id, run = failed.task_id, failed.run
+        step = state.spec.step(run.step_id)
+        if run.in_flight:
+            self._store.attempt_ended(state.workflow_id, task_id)
+            fx.finished.append(FinishedTask(step.capability, now_ms - run.dispatched_at_ms, False))
+            run.leases = {}  # left to expire: its worker may be using them
+        else:
+            # Acquiring: what it holds goes back, and the next attempt starts from the
+            # first pool again (the global order).
+            if (withdrawn := acquire.withdraw(state, run, now_ms)) is not None:
+                fx.market.append(withdrawn)
+            fx.market += acquire.release(run, now_ms)
+            run.acquiring = False
+        self._on_failure(state, step, failed, now_ms, fx)
+
+    def _abandon_market(self, state: WorkflowState, now_ms: int, fx: Effects) -> None:
+        """The workflow ends: bids out are withdrawn, leases of undispatched tasks given
+        back. Dispatched tasks keep theirs until expiry (their workers may be running)."""
+        for run in state.tasks.values():
+            if (withdrawn := acquire.withdraw(state, run, now_ms)) is not None:
+                fx.market.append(withdrawn)
+            if run.acquiring:
+                fx.market += acquire.release(run, now_ms)
+
     def _fail(self, state: WorkflowState, error: WorkflowError, now_ms: int, fx: Effects) -> None:
         """Emit the workflow's one FAILED event and finish it."""
         # Tasks this workflow produced earlier in the same call would only do orphaned
         # work, so they are withdrawn before the shell sees them.
         fx.tasks[:] = [task for task in fx.tasks if task.workflow_id != state.workflow_id]
+        self._abandon_market(state, now_ms, fx)
         fx.events.append(state_event(state, EventKind.FAILED, now_ms, error=error))
         self._store.finish(state.workflow_id, EventKind.FAILED, now_ms)
 
@@ -349,7 +542,7 @@ class Engine:
                 self._store.schedule_retry(state.workflow_id, task_id, run, now_ms + delay)
             else:
                 run.attempt += 1
-                fx.tasks.append(self._store.dispatch(state, step, task_id, run, now_ms))
+                self._launch(state, step, task_id, run, now_ms=now_ms, fx=fx)
             return
         else:
             why = f"retries exhausted ({step.retries} allowed)"
@@ -408,7 +601,7 @@ class Engine:
             run = TaskRun(step.id, index, 1, now_ms, now_ms, task_input)
             state.tasks[task_id] = run
             task_ids.append(task_id)
-            fx.tasks.append(self._store.dispatch(state, step, task_id, run, now_ms))
+            self._launch(state, step, task_id, run, now_ms=now_ms, fx=fx)
         state.running[step.id] = StepRun(task_ids, len(task_ids), step.for_each is not None)
 
     def _complete_step(

@@ -20,7 +20,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from fleet.errors import DecodeError
-from fleet.messages import EventKind
+from fleet.messages import EventKind, LeaseGrant
+from orchestrator.market.budget import Budget
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import FinishedWorkflow, StepRun, TaskRun, WorkflowState
 
@@ -41,21 +42,8 @@ def encode_active(state: WorkflowState) -> dict[str, JsonValue]:
         }
         for step_id, run in state.running.items()
     }
-    tasks: dict[str, JsonValue] = {
-        task_id: {
-            "step_id": run.step_id,
-            "index": run.index,
-            "attempt": run.attempt,
-            "dispatched_at_ms": run.dispatched_at_ms,
-            "deadline_ms": run.deadline_ms,
-            "input": run.input,
-            "succeeded": run.succeeded,
-            "output": run.output,
-            "retry_at_ms": run.retry_at_ms,
-        }
-        for task_id, run in state.tasks.items()
-    }
-    return {
+    tasks: dict[str, JsonValue] = {task_id: _task(run) for task_id, run in state.tasks.items()}
+    record: dict[str, JsonValue] = {
         "v": VERSION,
         "state": "active",
         "spec": state.spec_doc,
@@ -64,6 +52,32 @@ def encode_active(state: WorkflowState) -> dict[str, JsonValue]:
         "running": running,
         "tasks": tasks,
     }
+    # Market fields only when used: a workflow without resources keeps the record it had.
+    if state.budget is not None:
+        record["budget"] = state.budget.to_json()
+        record["band"] = state.band
+    return record
+
+
+def _task(run: TaskRun) -> dict[str, JsonValue]:
+    task: dict[str, JsonValue] = {
+        "step_id": run.step_id,
+        "index": run.index,
+        "attempt": run.attempt,
+        "dispatched_at_ms": run.dispatched_at_ms,
+        "deadline_ms": run.deadline_ms,
+        "input": run.input,
+        "succeeded": run.succeeded,
+        "output": run.output,
+        "retry_at_ms": run.retry_at_ms,
+    }
+    if run.acquiring:
+        task["acquiring"] = True
+    if run.bid is not None:
+        task["bid"] = run.bid
+    if run.leases:
+        task["leases"] = {pool: lease.model_dump() for pool, lease in run.leases.items()}
+    return task
 
 
 def encode_finished(finished: FinishedWorkflow) -> dict[str, JsonValue]:
@@ -92,6 +106,9 @@ class _Task(_Record):
     succeeded: bool
     output: JsonValue
     retry_at_ms: int | None
+    acquiring: bool = False
+    bid: str | None = None
+    leases: dict[str, LeaseGrant] = {}
 
 
 class _Step(_Record):
@@ -108,6 +125,8 @@ class _Active(_Record):
     outputs: dict[str, JsonValue]
     running: dict[str, _Step]
     tasks: dict[str, _Task]
+    budget: JsonValue = None
+    band: int = 0
 
 
 class _Finished(_Record):
@@ -153,9 +172,14 @@ def decode(workflow_id: str, record: JsonValue) -> WorkflowState | FinishedWorkf
                 succeeded=task.succeeded,
                 output=task.output,
                 retry_at_ms=task.retry_at_ms,
+                acquiring=task.acquiring,
+                bid=task.bid,
+                leases=dict(task.leases),
             )
             for task_id, task in parsed.tasks.items()
         },
+        budget=None if parsed.budget is None else Budget.from_json(parsed.budget),
+        band=parsed.band,
     )
     problem = _inconsistency(state)
     if problem is not None:
@@ -188,3 +212,7 @@ def _contradictions(state: WorkflowState) -> Iterator[str]:
         yield "tasks that belong to no running step"
     if any(run.succeeded and run.retry_at_ms is not None for run in state.tasks.values()):
         yield "a succeeded task with a retry scheduled"
+    if any(run.acquiring and run.retry_at_ms is not None for run in state.tasks.values()):
+        yield "a task both acquiring resources and backing off"
+    if state.budget is None and any(run.bid or run.leases for run in state.tasks.values()):
+        yield "a task bidding or holding leases in a workflow without a budget"

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from fleet.messages import EventKind
+from fleet.messages import EventKind, LeaseGrant
+from orchestrator.market.budget import Budget
 from orchestrator.refs import Context
 from orchestrator.spec import StepSpec, WorkflowSpec
 
@@ -20,9 +21,11 @@ from orchestrator.spec import StepSpec, WorkflowSpec
 class TaskRun:
     """One task (one element of a started, unfinished step) and its latest attempt.
 
-    An unfinished task is in one of two states: *in flight* (``attempt`` was dispatched
-    and has no accepted result yet; ``deadline_ms`` is when it times out) or *backing
-    off* (``attempt`` failed and ``attempt + 1`` is due at ``retry_at_ms``).
+    An unfinished task is in one of three states: *acquiring* (a step with resources:
+    ``attempt`` waits for leases, one pool at a time; ``bid`` is the bid out now,
+    ``leases`` what it holds), *in flight* (``attempt`` was dispatched, with its
+    ``leases``, and has no accepted result yet; ``deadline_ms`` is when it times out) or
+    *backing off* (``attempt`` failed and ``attempt + 1`` is due at ``retry_at_ms``).
     """
 
     step_id: str
@@ -34,10 +37,13 @@ class TaskRun:
     succeeded: bool = False
     output: JsonValue = None
     retry_at_ms: int | None = None
+    acquiring: bool = False
+    bid: str | None = None  # the bid id (also the hold id) waiting at an auctioneer
+    leases: dict[str, LeaseGrant] = field(default_factory=dict)  # pool -> lease held
 
     @property
     def in_flight(self) -> bool:
-        return not self.succeeded and self.retry_at_ms is None
+        return not self.succeeded and self.retry_at_ms is None and not self.acquiring
 
 
 @dataclass
@@ -60,6 +66,10 @@ class WorkflowState:
     # The spec as a JSON document, computed once: the spec never changes, and the
     # workflow's changelog record is rewritten after every change.
     spec_doc: JsonValue = field(default=None, compare=False, repr=False)
+    # The market, decided at submission (a later policy change does not move a running
+    # workflow to another band): None and 0 for workflows whose steps need no resources.
+    budget: Budget | None = None
+    band: int = 0
 
     @property
     def deadline_ms(self) -> int | None:

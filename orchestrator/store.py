@@ -132,7 +132,7 @@ class WorkflowStore:
         for task_id, run in loaded.tasks.items():
             if run.retry_at_ms is not None:
                 self._timers.set(Timer(run.retry_at_ms, TimerKind.RETRY, workflow_id, task_id))
-            elif not run.succeeded:
+            elif run.in_flight:  # acquiring tasks have no timeout until they are dispatched
                 self._timers.set(Timer(run.deadline_ms, TimerKind.TIMEOUT, workflow_id, task_id))
 
     def forget(self, keep: Callable[[str], bool]) -> None:
