@@ -17,10 +17,23 @@ from typing import Any, TypeVar
 from pydantic import JsonValue
 
 from fleet.errors import ConfigError
-from fleet.messages import TaskAssigned
+from fleet.messages import LeaseGrant, TaskAssigned
 from fleet.topology import check_capability
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handler_deadline(task: TaskAssigned) -> tuple[int | None, LeaseGrant | None]:
+    """When the worker stops waiting on ``task`` (epoch ms; None: never), and the lease
+    whose expiry sets that time (None: the task's own deadline does, or nothing does).
+
+    An expired lease may already be someone else's units, so no handler runs past it; on
+    a tie the lease is named, the more specific cause.
+    """
+    first = min(task.leases, key=lambda lease: lease.expires_at_ms, default=None)
+    if first is not None and (task.deadline_ms is None or first.expires_at_ms <= task.deadline_ms):
+        return first.expires_at_ms, first
+    return task.deadline_ms, None
 
 
 @dataclass(frozen=True)
@@ -33,15 +46,23 @@ class TaskContext:
     capability: str
     attempt: int
     index: int | None
-    deadline: float | None  # epoch seconds; None means no deadline
+    # Epoch seconds when the worker stops waiting: the task's deadline or its first
+    # lease's expiry, whichever comes first; None means neither.
+    deadline: float | None
     traceparent: str | None
+    leases: tuple[LeaseGrant, ...] = ()  # on contended resources, as the auctioneer granted
 
     def remaining_s(self) -> float | None:
         """Seconds left before the worker stops waiting on this task (None: no deadline)."""
         return None if self.deadline is None else max(0.0, self.deadline - time.time())
 
+    def lease(self, resource: str) -> LeaseGrant | None:
+        """This task's lease on ``resource`` (None: the task holds none there)."""
+        return next((lease for lease in self.leases if lease.resource == resource), None)
+
     @classmethod
     def of(cls, task: TaskAssigned, traceparent: str | None = None) -> TaskContext:
+        stop_ms, _ = handler_deadline(task)
         return cls(
             task_id=task.task_id,
             workflow_id=task.workflow_id,
@@ -49,8 +70,9 @@ class TaskContext:
             capability=task.capability,
             attempt=task.attempt,
             index=task.index,
-            deadline=None if task.deadline_ms is None else task.deadline_ms / 1000,
+            deadline=None if stop_ms is None else stop_ms / 1000,
             traceparent=traceparent,
+            leases=tuple(task.leases),
         )
 
 

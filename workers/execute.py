@@ -26,9 +26,10 @@ import structlog
 from pydantic import JsonValue
 
 from fleet.errors import HandlerError
-from fleet.messages import TaskAssigned, TaskError, TaskResult, TaskStatus
+from fleet.messages import LeaseGrant, TaskAssigned, TaskError, TaskResult, TaskStatus
 from fleet.tracing import trace_id
-from workers.app import Capability, TaskContext
+from workers.app import Capability, TaskContext, handler_deadline
+from workers.leases import LeaseExpired
 
 log = structlog.get_logger()
 
@@ -109,6 +110,8 @@ async def execute(
     """
     started = time.monotonic()
     context = TaskContext.of(task, traceparent)
+    # The task's deadline or, if earlier, its first lease's expiry (then ``lease`` is set).
+    _, lease = handler_deadline(task)
     timeout = None if context.deadline is None else context.deadline - time.time()
 
     def done(output: JsonValue = None, error: TaskError | None = None, **flags: bool) -> Outcome:
@@ -130,8 +133,14 @@ async def execute(
 
     if timeout is not None and timeout <= 0:
         # Waited in the queue past its deadline: running it now only wastes the slot.
-        log.warning("task deadline passed before it started; failing it as timed out")
-        return done(error=_timeout_error(task), timed_out=True)
+        if lease is None:
+            log.warning("task deadline passed before it started; failing it as timed out")
+        else:
+            log.warning(
+                "lease expired before the task started; failing it without running it",
+                **_lease_fields(lease),
+            )
+        return done(error=_late_error(task, lease), timed_out=True)
 
     try:
         called = await _invoke(
@@ -142,8 +151,14 @@ async def execute(
             on_thread_released,
         )
         if isinstance(called, _Late):
+            if lease is not None:
+                log.warning(
+                    "lease expired while the handler ran; failing the task (retryable) so "
+                    "the units can go to their next holder",
+                    **_lease_fields(lease),
+                )
             return done(
-                error=_timeout_error(task), timed_out=True, thread_abandoned=called.abandoned
+                error=_late_error(task, lease), timed_out=True, thread_abandoned=called.abandoned
             )
         failed, value = called
         output, error = (None, _error_of(value)) if failed else _to_json(value)
@@ -262,13 +277,31 @@ def _guard_sync(handler: Callable[..., Any], arguments: tuple[Any, ...]) -> tupl
     return False, value
 
 
-def _timeout_error(task: TaskAssigned) -> TaskError:
+def _late_error(task: TaskAssigned, lease: LeaseGrant | None) -> TaskError:
+    """Past its deadline, or past ``lease``'s expiry when that came first: retryable like
+    any timeout (the step's retries decide); the expired lease is no use to a retry."""
+    if lease is None:
+        return TaskError(
+            type="TimeoutError",
+            message=f"task {task.task_id} attempt {task.attempt} passed its deadline "
+            f"({task.deadline_ms} ms since epoch)",
+            retryable=True,
+        )
     return TaskError(
-        type="TimeoutError",
-        message=f"task {task.task_id} attempt {task.attempt} passed its deadline "
-        f"({task.deadline_ms} ms since epoch)",
+        type=LeaseExpired.__name__,
+        message=f"task {task.task_id} attempt {task.attempt} outlived its lease "
+        f"{lease.lease_id} on {lease.resource!r} (units {lease.units}, token {lease.token}), "
+        f"which expired at {lease.expires_at_ms} ms since epoch",
         retryable=True,
     )
+
+
+def _lease_fields(lease: LeaseGrant) -> dict[str, Any]:
+    return {
+        "resource": lease.resource,
+        "lease_id": lease.lease_id,
+        "expires_at_ms": lease.expires_at_ms,
+    }
 
 
 def _error_of(exc: BaseException) -> TaskError:
