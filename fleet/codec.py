@@ -31,6 +31,7 @@ CONTENT_TYPE = "application/vnd.apache.avro+binary"
 
 M = TypeVar("M", bound=Message)
 N = TypeVar("N", bound=Message)
+P = TypeVar("P", bound=Message)
 
 _RABIN_EMPTY = 0xC15D213AA4D7A795
 
@@ -161,6 +162,15 @@ class Codec:
     def decode_any(
         self, data: bytes | None, classes: tuple[type[M], type[N]], *, record: Any = None
     ) -> M | N: ...
+
+    @overload
+    def decode_any(
+        self,
+        data: bytes | None,
+        classes: tuple[type[M], type[N], type[P]],
+        *,
+        record: Any = None,
+    ) -> M | N | P: ...
 
     def decode_any(
         self, data: bytes | None, classes: tuple[type[Message], ...], *, record: Any = None

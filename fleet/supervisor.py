@@ -31,6 +31,7 @@ def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dic
         {
             "FLEET_TOPIC_PREFIX": settings.topic_prefix,
             "FLEET_TOPOLOGY": str(settings.topology_file),
+            "FLEET_MARKET_FILE": str(settings.market_file),
             "FLEET_SCHEMAS": str(settings.schemas_dir),
             "FLEET_KAFKA_HOME": str(settings.kafka_run_dir),
             "FLEET_KAFKA_CACHE": str(settings.kafka_cache_dir),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fleet.messages import MarketOutcome, MarketOutcomeKind
 from fleet.metrics import LATENCY_BUCKETS
 from orchestrator.engine import Effects
+from orchestrator.market.book import Book
 
 
 class OrchestratorMetrics:
@@ -48,6 +52,33 @@ class OrchestratorMetrics:
         self.dropped = Counter(
             "fleet_inputs_dropped", "Duplicate, stale or unknown inputs ignored", registry=registry
         )
+        # The market (auctioneer side: per pool this instance owns).
+        self.market_outcomes = Counter(
+            "fleet_market_outcomes",
+            "Auctioneer answers: grants, lost bids, ended leases (expired, revoked, ...)",
+            ["pool", "kind", "reason"],
+            registry=registry,
+        )
+        self.clearing_price = Gauge(
+            "fleet_market_clearing_price_micro",
+            "Unit price of the last lease granted, micro-credits",
+            ["pool"],
+            registry=registry,
+        )
+        self.leased_units = Gauge(
+            "fleet_market_leased_units", "Units under a live lease", ["pool"], registry=registry
+        )
+        self.capacity = Gauge(
+            "fleet_market_capacity_units", "Units a pool has", ["pool"], registry=registry
+        )
+        self.waiting_bids = Gauge(
+            "fleet_market_waiting_bids", "Bids waiting for a round", ["pool"], registry=registry
+        )
+        self.budget_denials = Counter(
+            "fleet_market_budget_denials",
+            "Bids not made: the workflow's budget could not hold their price",
+            registry=registry,
+        )
 
     def record(self, effects: Effects, in_flight: int, active: int) -> None:
         for task in effects.tasks:
@@ -61,5 +92,18 @@ class OrchestratorMetrics:
                     max(0, event.at_ms - event.submitted_at_ms) / 1000
                 )
         self.dropped.inc(len(effects.dropped))
+        self.budget_denials.inc(effects.budget_denials)
         self.in_flight.set(in_flight)
         self.workflows_active.set(active)
+
+    def market_outcome(self, outcome: MarketOutcome) -> None:
+        reason = outcome.reason or ""
+        self.market_outcomes.labels(outcome.resource, outcome.kind.value, reason).inc()
+        if outcome.kind is MarketOutcomeKind.GRANTED and outcome.lease is not None:
+            self.clearing_price.labels(outcome.resource).set(outcome.lease.unit_price)
+
+    def market_books(self, books: Iterable[Book]) -> None:
+        for book in books:
+            self.leased_units.labels(book.resource).set(book.leased_units())
+            self.capacity.labels(book.resource).set(book.capacity)
+            self.waiting_bids.labels(book.resource).set(len(book.waiting))

@@ -56,13 +56,21 @@ from fleet.kafka import (
     resolve_bootstrap,
     retry_transient,
 )
-from fleet.messages import TaskResult, WorkflowCancelRequested, WorkflowSubmitted
+from fleet.messages import (
+    BudgetTopUpRequested,
+    MarketOutcome,
+    TaskResult,
+    WorkflowCancelRequested,
+    WorkflowSubmitted,
+)
 from fleet.metrics import serve_metrics
 from fleet.settings import Settings
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
 from fleet.tracing import child_of
 from orchestrator import changelog
 from orchestrator.engine import Effects, Engine
+from orchestrator.market.policy import MarketPolicy
+from orchestrator.market.shell import MarketShell
 from orchestrator.metrics import OrchestratorMetrics
 
 log = structlog.get_logger()
@@ -111,6 +119,7 @@ class Orchestrator:
         clients: KafkaClients,
         metrics: OrchestratorMetrics,
         batch_size: int = 500,
+        policy: MarketPolicy | None = None,
     ) -> None:
         self.clients = clients
         self.topics = Topics(settings.topic_prefix)
@@ -147,7 +156,18 @@ class Orchestrator:
                 # still sets it.
             }
         )
-        self.engine = Engine(has_capability=CapabilityTopics(self.admin, self.topics))
+        policy = policy or MarketPolicy.empty()
+        self.engine = Engine(
+            has_capability=CapabilityTopics(self.admin, self.topics), policy=policy
+        )
+        self.market = MarketShell(
+            policy,
+            clients=clients,
+            producer=self.producer,
+            codec=self.codec,
+            topics=self.topics,
+            metrics=metrics,
+        )
         self.dead_letters = DeadLetters(
             self.producer, self.codec, self.topics, consumer=f"orchestrator {client_id('o')}"
         )
@@ -165,15 +185,21 @@ class Orchestrator:
         self.stop = stop
         if self.exactly_once:
             self.producer.init_transactions(60)
+        inputs = [
+            self.topics.requests,
+            self.topics.results,
+            self.topics.market_bids,
+            self.topics.market_outcomes,
+        ]
         self.consumer.subscribe(
-            [self.topics.requests, self.topics.results],
+            inputs,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
         log.info(
             "orchestrator consuming",
-            topics=[self.topics.requests, self.topics.results],
+            topics=inputs,
             guarantee="exactly_once" if self.exactly_once else "at_least_once",
             commit_interval_s=self.commit_interval_s,
         )
@@ -181,7 +207,7 @@ class Orchestrator:
             while not stop.is_set():
                 records = self.consumer.consume(self.batch_size, timeout=self._poll_timeout())
                 now_ms = int(time.time() * 1000)
-                due = self.engine.next_due_ms()
+                due = self._next_due_ms()
                 if records or (due is not None and due <= now_ms) or self._commit_due():
                     self._transact(records, now_ms)
             self._commit_open()  # a clean stop leaves nothing for the next owner to redo
@@ -193,9 +219,13 @@ class Orchestrator:
             log.info("orchestrator leaving the group")
             self.consumer.close()
 
+    def _next_due_ms(self) -> int | None:
+        dues = [d for d in (self.engine.next_due_ms(), self.market.next_due_ms()) if d is not None]
+        return min(dues, default=None)
+
     def _poll_timeout(self) -> float:
         timeout = 0.2
-        due = self.engine.next_due_ms()
+        due = self._next_due_ms()
         if due is not None:
             timeout = min(timeout, max(0.0, due / 1000 - time.time()))
         if self.open_since is not None:
@@ -236,6 +266,7 @@ class Orchestrator:
                     record.offset() or 0
                 ) + 1
             self._apply(self.engine.tick(now_ms), None)
+            self.market.tick(now_ms)
             if self._commit_due():
                 self._end()
         except KafkaException as exc:
@@ -346,6 +377,7 @@ class Orchestrator:
         """After an abort: everything changed since the last commit is void in memory too,
         so rebuild the owned partitions from what is committed and consume again."""
         self.engine.forget(lambda _workflow_id: False)
+        self.market.forget(set())
         self.partition_of.clear()
         self._restore(self.owned)
         if self.owned:
@@ -354,17 +386,32 @@ class Orchestrator:
     # -- one record ---------------------------------------------------------------------
 
     def _handle(self, record: Message, now_ms: int) -> None:
+        topic = record.topic()
         try:
-            if record.topic() == self.topics.requests:
+            if topic == self.topics.market_bids:
+                self.market.handle(record, now_ms)
+                return
+            if topic == self.topics.requests:
                 request = self.codec.decode_any(
-                    record.value(), (WorkflowSubmitted, WorkflowCancelRequested), record=record
+                    record.value(),
+                    (WorkflowSubmitted, WorkflowCancelRequested, BudgetTopUpRequested),
+                    record=record,
                 )
                 self._own(request.workflow_id, record)
                 structlog.contextvars.bind_contextvars(workflow_id=request.workflow_id)
                 if isinstance(request, WorkflowCancelRequested):
                     effects = self.engine.cancel(request, now_ms)
+                elif isinstance(request, BudgetTopUpRequested):
+                    effects = self.engine.top_up(request, now_ms)
                 else:
                     effects = self.engine.submit(request, now_ms)
+            elif topic == self.topics.market_outcomes:
+                outcome = self.codec.decode(record.value(), MarketOutcome, record=record)
+                self._own(outcome.workflow_id, record)
+                structlog.contextvars.bind_contextvars(
+                    workflow_id=outcome.workflow_id, task_id=outcome.task_id
+                )
+                effects = self.engine.on_market(outcome, now_ms)
             else:
                 result = self.codec.decode(record.value(), TaskResult, record=record)
                 self._own(result.workflow_id, record)
@@ -416,11 +463,20 @@ class Orchestrator:
                     outcome=event.kind.value,
                     error=event.error.message if event.error else None,
                 )
+        for bid in effects.market:
+            produce(
+                self.producer,
+                self.topics.market_bids,
+                self.codec.encode(bid),
+                key=bid.resource,
+                headers=headers_for(bid, child_of(parent)),
+            )
         for reason in effects.dropped:
             log.info("input dropped", reason=reason)
         self.metrics.record(effects, self.engine.in_flight, self.engine.active)
 
     def _write_changes(self) -> None:
+        self.market.write_changes()
         for workflow_id, record in self.engine.take_changes().items():
             partition = self.partition_of[workflow_id]
             if record is None:
@@ -487,6 +543,7 @@ class Orchestrator:
         # instead of consuming it again. A failed commit aborts and rebuilds what stays.
         self._commit_open()
         self.engine.forget(lambda workflow_id: self.partition_of.get(workflow_id) in self.owned)
+        self.market.forget(self.owned)
         self.partition_of = {w: p for w, p in self.partition_of.items() if p in self.owned}
         consumer.unassign()
         log.info("partitions revoked", partitions=sorted(lost))
@@ -509,6 +566,7 @@ class Orchestrator:
         self._on_revoke(consumer, parts)
 
     def _restore(self, partitions: set[int]) -> None:
+        self.market.restore(partitions)
         restored = changelog.read_partitions(self.clients, self.topics.state, partitions)
         # Bulk restore allocates many long-lived objects; the cyclic collector would
         # rescan them again and again (2-3x slower for 100k workflows).
@@ -565,7 +623,10 @@ def run(
             )
     registry = CollectorRegistry()
     serve_metrics(registry, metrics_port, metrics_host)
-    orchestrator = Orchestrator(settings, clients, OrchestratorMetrics(registry), batch_size)
+    policy = MarketPolicy.load(settings.market_file)
+    orchestrator = Orchestrator(
+        settings, clients, OrchestratorMetrics(registry), batch_size, policy=policy
+    )
     try:
         orchestrator.run(stop)
     except FleetError as exc:

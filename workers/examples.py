@@ -19,6 +19,7 @@ from typing import Any
 
 from fleet.errors import PermanentError, RetryableError
 from workers.app import App, TaskContext
+from workers.leases import LeaseGuard
 
 app = App()
 
@@ -217,6 +218,31 @@ async def flaky(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     if ctx.attempt == 1:
         raise RetryableError("try again")
     return {"ok": True}
+
+
+# What guards the GPU slots in this process: every use checks the lease's fencing token
+# (a real GPU server would hold this check itself, for every client).
+_GPU = LeaseGuard("gpu")
+
+
+@app.capability("render")
+async def render(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """Holds one GPU slot (the step declares ``resources: {gpu: 1}``) for ``delay_ms``.
+
+    Returns the unit, the lease's token and price, and when it held the slot, so a
+    run can check afterwards that no unit was ever held twice at once."""
+    lease = ctx.lease("gpu")
+    if lease is None:
+        raise PermanentError("render needs a GPU lease: give its step resources: {gpu: 1}")
+    started_ms = int(time.time() * 1000)
+    with _GPU.holding(lease, started_ms):
+        await _prelude(payload)
+    return {
+        "units": lease.units,
+        "token": [lease.epoch, lease.seq],
+        "unit_price": lease.unit_price,
+        "held_ms": [started_ms, int(time.time() * 1000)],
+    }
 
 
 @app.capability("noop")

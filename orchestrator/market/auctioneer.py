@@ -87,6 +87,9 @@ class Auctioneer:
         self._owned = {r: o for r, o in self._owned.items() if r in keep}
         self._changed &= keep
 
+    def books(self) -> list[Book]:
+        return [owned.book for owned in self._owned.values()]
+
     def book(self, resource: str) -> Book | None:
         owned = self._owned.get(resource)
         return None if owned is None else owned.book

@@ -1,0 +1,162 @@
+"""The market end to end on a real broker: orchestrator, auctioneer and a worker.
+
+Workflows whose steps need a GPU slot from a pool of 2 run only with a lease, never more
+than 2 at once, pay from their budgets, and the ledger replays to the same hash chain.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from fleet.client import FleetClient
+from fleet.codec import Codec, SchemaStore
+from fleet.kafka import KafkaClients
+from fleet.messages import EventKind, MarketOutcome, MarketOutcomeKind, MarketRound
+from fleet.settings import Settings
+from fleet.supervisor import Supervisor, child_env
+from orchestrator.market.ledger import RoundRecord, replay
+from tests.integration.test_workflows import Fleet
+
+pytestmark = pytest.mark.kafka
+
+CREDIT = 1_000_000
+POLICY = """
+pools:
+  gpu: {capacity: 2, reserve: 1, lease_ttl_ms: 60000}
+bands: [low, high]
+tenants:
+  default: {bands: [low, high], default_band: low, default_max_price: 3, budget_default: 10}
+default_tenant: default
+round_ms: 100
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    home = tmp_path_factory.mktemp("market")
+    (home / "market.yaml").write_text(POLICY)
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "FLEET_TOPIC_PREFIX": f"mk-{uuid.uuid4().hex[:8]}.",
+            "FLEET_MARKET_FILE": str(home / "market.yaml"),
+        }
+    )
+    applied = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "topics", "apply"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = int(sock.getsockname()[1])
+    with Supervisor(settings, home) as supervisor:
+        supervisor.start("orchestrator", ["orchestrator", "--metrics-port", str(metrics_port)])
+        supervisor.start(
+            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "8"]
+        )
+        client = FleetClient(settings, role="test")
+        yield Fleet(settings, client, supervisor, metrics_port)
+        client.close()
+        codes = supervisor.stop_all()
+        logs = {c.name: c.log_tail() for c in supervisor.children}
+        assert codes == {"orchestrator": 0, "worker": 0}, logs
+
+
+def _render(delay_ms: int, **workflow: Any) -> dict[str, Any]:
+    return {
+        "name": "render",
+        "steps": [
+            {
+                "id": "render",
+                "capability": "render",
+                "resources": {"gpu": 1},
+                "input": {"delay_ms": delay_ms},
+            }
+        ],
+        "output": "$.steps.render.output",
+        **workflow,
+    }
+
+
+def _read(settings: Settings, topic: str) -> list[bytes]:
+    """Every committed record of ``topic``, read up to its current end."""
+    clients = KafkaClients(settings, settings.bootstrap_servers or "", role="test")
+    consumer = clients.consumer(f"read-{uuid.uuid4().hex}")
+    partitions = clients.admin().list_topics(topic=topic, timeout=10).topics[topic].partitions
+    tps = [TopicPartition(topic, p) for p in partitions]
+    ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+    tps = [tp for tp in tps if ends[tp.partition] > 0]
+    consumer.assign([TopicPartition(topic, tp.partition, 0) for tp in tps])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        values += [r.value() or b"" for r in consumer.consume(500, timeout=0.2) if not r.error()]
+        # The position passes transaction markers too, so it reaches the end exactly.
+        if all(tp.offset >= ends[tp.partition] for tp in consumer.position(tps)):
+            break
+    consumer.close()
+    return values
+
+
+def test_contended_gpu_work_runs_within_capacity_pays_and_replays(fleet: Fleet) -> None:
+    events = fleet.run_many([_render(300) for _ in range(8)])
+    assert [e.kind for e in events] == [EventKind.COMPLETED] * 8, [e.error for e in events]
+    outputs = [e.output for e in events]
+    assert all(isinstance(o, dict) for o in outputs)
+    held = [(o["units"][0], o["held_ms"][0], o["held_ms"][1]) for o in outputs]  # type: ignore[index]
+    # Never more than the pool's 2 units at once, and never one unit twice at once.
+    for unit, start, end in held:
+        overlapping = [u for u, s, e in held if s < end and start < e]
+        assert len(overlapping) <= 2
+        assert overlapping.count(unit) == 1
+    tokens = sorted(tuple(o["token"]) for o in outputs)  # type: ignore[index]
+    assert len(set(tokens)) == 8  # one lease each
+
+    codec = Codec(SchemaStore(fleet.settings.schemas_dir))
+    topics = fleet.client.topics
+    outcomes = [
+        codec.decode(v, MarketOutcome) for v in _read(fleet.settings, topics.market_outcomes)
+    ]
+    granted = [o for o in outcomes if o.kind is MarketOutcomeKind.GRANTED]
+    assert len(granted) == 8
+    released = [o for o in outcomes if o.kind is MarketOutcomeKind.ENDED]
+    assert sorted(o.reason or "" for o in released) == ["released"] * 8
+    # Alone with a free unit: the reserve. Cleared against waiting rivals (all bidding the
+    # tenant's 3 credits): the highest losing bid, 3.
+    prices = [o.lease.unit_price for o in granted if o.lease is not None]
+    assert set(prices) <= {CREDIT, 3 * CREDIT} and 3 * CREDIT in prices and CREDIT in prices
+
+    rounds = [codec.decode(v, MarketRound) for v in _read(fleet.settings, topics.market_ledger)]
+    records = sorted(
+        (RoundRecord.from_json(r.record) for r in rounds),  # type: ignore[arg-type]
+        key=lambda r: r.round_no,
+    )
+    assert records and replay(records) == records[-1].hash
+    assert sum(a.units for r in records for a in r.outcome.awards) == 8
+
+
+def test_a_budget_too_small_for_the_bid_fails_with_budget_exhausted(fleet: Fleet) -> None:
+    (event,) = fleet.run_many([_render(10, budget="2.5")])  # 3 credits per unit > 2.5
+    assert event.kind is EventKind.FAILED and event.error is not None
+    assert event.error.type == "BudgetExhausted"
+
+
+def test_a_band_the_tenant_may_not_use_is_rejected(fleet: Fleet, tmp_path: Path) -> None:
+    (event,) = fleet.run_many([_render(10, priority="urgent")])
+    assert event.kind is EventKind.REJECTED and event.error is not None
+    assert "urgent" in event.error.message
