@@ -36,6 +36,7 @@ class Effects:
     dropped: list[str] = field(default_factory=list)  # why an input was ignored
     market: list[MarketInput] = field(default_factory=list)  # market.bids, key resource
     budget_denials: int = 0
+    settlement_lags_ms: list[int] = field(default_factory=list)
 
 
 def assign(workflow_id: str, step: StepSpec, task_id: str, run: TaskRun) -> TaskAssigned:

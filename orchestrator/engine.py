@@ -421,6 +421,7 @@ class Engine:
             return
         # The settlement: the clearing price is charged, the rest of the hold released.
         acquire.settle(state.budget, outcome.bid_id, lease.unit_price * len(lease.units))
+        fx.settlement_lags_ms.append(max(0, now_ms - outcome.at_ms))
         if run is None or run.bid != outcome.bid_id:
             fx.market.append(acquire.release_one(lease, now_ms))
             fx.dropped.append(f"grant {outcome.bid_id}: no longer wanted; released")

@@ -10,6 +10,7 @@ from fleet.messages import MarketOutcome, MarketOutcomeKind
 from fleet.metrics import LATENCY_BUCKETS
 from orchestrator.engine import Effects
 from orchestrator.market.book import Book
+from orchestrator.market.stats import AwardStat
 
 
 class OrchestratorMetrics:
@@ -74,6 +75,32 @@ class OrchestratorMetrics:
         self.waiting_bids = Gauge(
             "fleet_market_waiting_bids", "Bids waiting for a round", ["pool"], registry=registry
         )
+        self.time_to_award = Histogram(
+            "fleet_market_time_to_award_seconds",
+            "From a bid to its award, per pool and band",
+            ["pool", "band"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rounds_waited = Histogram(
+            "fleet_market_rounds_waited",
+            "Rounds an awarded bid lost before it won",
+            ["pool"],
+            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=registry,
+        )
+        self.fairness = Gauge(
+            "fleet_market_jain_fairness",
+            "Jain's index of units awarded per workflow over the last minute (1 = equal)",
+            ["pool"],
+            registry=registry,
+        )
+        self.settlement_lag = Histogram(
+            "fleet_market_settlement_lag_seconds",
+            "From an award to its settlement on the workflow's budget",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.budget_denials = Counter(
             "fleet_market_budget_denials",
             "Bids not made: the workflow's budget could not hold their price",
@@ -93,6 +120,8 @@ class OrchestratorMetrics:
                 )
         self.dropped.inc(len(effects.dropped))
         self.budget_denials.inc(effects.budget_denials)
+        for lag_ms in effects.settlement_lags_ms:
+            self.settlement_lag.observe(lag_ms / 1000)
         self.in_flight.set(in_flight)
         self.workflows_active.set(active)
 
@@ -107,3 +136,7 @@ class OrchestratorMetrics:
             self.leased_units.labels(book.resource).set(book.leased_units())
             self.capacity.labels(book.resource).set(book.capacity)
             self.waiting_bids.labels(book.resource).set(len(book.waiting))
+
+    def market_award(self, award: AwardStat, band: str) -> None:
+        self.time_to_award.labels(award.pool, band).observe(award.wait_ms / 1000)
+        self.rounds_waited.labels(award.pool).observe(award.rounds_waited)

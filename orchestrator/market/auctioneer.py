@@ -32,6 +32,7 @@ from fleet.messages import (
 )
 from orchestrator.market.book import BidRequest, Book, Ended, Lease, Lost, Token
 from orchestrator.market.policy import MarketPolicy
+from orchestrator.market.stats import AwardStat
 
 log = structlog.get_logger()
 
@@ -41,6 +42,7 @@ class Output:
     outcomes: list[MarketOutcome] = field(default_factory=list)
     rounds: list[MarketRound] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # inputs that changed nothing, and why
+    awards: list[AwardStat] = field(default_factory=list)  # for the operators' metrics
 
 
 @dataclass
@@ -201,7 +203,17 @@ class Auctioneer:
                 record=_json(record.to_json()),
             )
         )
-        for lease in result.granted:
+        for lease, waited in zip(result.granted, result.waited, strict=True):
+            out.awards.append(
+                AwardStat(
+                    pool=book.resource,
+                    band=waited.request.band,
+                    workflow_id=lease.workflow_id,
+                    units=len(lease.units),
+                    wait_ms=max(0, now_ms - waited.request.at_ms),
+                    rounds_waited=waited.rounds_lost,
+                )
+            )
             out.outcomes.append(
                 MarketOutcome(
                     kind=MarketOutcomeKind.GRANTED,
@@ -285,6 +297,7 @@ def _request(message: MarketInput) -> BidRequest | None:
         units=message.units,
         lease_ttl_ms=message.lease_ttl_ms,
         valid_rounds=message.valid_rounds,
+        at_ms=message.at_ms,
     )
 
 

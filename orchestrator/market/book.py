@@ -45,6 +45,7 @@ class BidRequest:
     units: int
     lease_ttl_ms: int
     valid_rounds: int  # resolves as expired after this many rounds without an award
+    at_ms: int = 0  # when its owner sent it: for time-to-award, never for the outcome
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Lost(Enum):
 class RoundResult:
     record: RoundRecord
     granted: tuple[Lease, ...]
+    waited: tuple[Waiting, ...]  # the granted bids as they waited, same order
     lost: tuple[tuple[BidRequest, Lost], ...]
     ended: tuple[tuple[Lease, Ended], ...]
 
@@ -196,9 +198,11 @@ class Book:
             bids=bids,
             prev_hash=self.last_hash,
         )
-        granted = []
+        granted, waited = [], []
         for award in record.outcome.awards:
-            request = self.waiting.pop(award.bid_id).request
+            waiting = self.waiting.pop(award.bid_id)
+            waited.append(waiting)
+            request = waiting.request
             units, free = tuple(free[: award.units]), free[award.units :]
             self.seq += 1
             lease = Lease(
@@ -221,7 +225,9 @@ class Book:
             self.waiting[bid_id].rounds_lost += 1
         self.round_no += 1
         self.last_hash = record.hash
-        result = RoundResult(record, tuple(granted), tuple(self.lost), tuple(self.ended))
+        result = RoundResult(
+            record, tuple(granted), tuple(waited), tuple(self.lost), tuple(self.ended)
+        )
         self.lost, self.ended = [], []
         return result
 

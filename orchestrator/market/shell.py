@@ -21,6 +21,7 @@ from fleet.topology import Topics
 from orchestrator import changelog
 from orchestrator.market.auctioneer import Auctioneer, Output
 from orchestrator.market.policy import MarketPolicy
+from orchestrator.market.stats import FairnessWindow
 from orchestrator.metrics import OrchestratorMetrics
 
 log = structlog.get_logger()
@@ -44,20 +45,22 @@ class MarketShell:
         self.topics = topics
         self.metrics = metrics
         self.partition_of: dict[str, int] = {}  # pool -> its market.bids partition
+        self.bands = policy.bands
+        self.fairness: dict[str, FairnessWindow] = {}
 
     def handle(self, record: Message, now_ms: int) -> None:
         """One market input (decoding errors go to the caller's dead-letter path)."""
         message = self.codec.decode(record.value(), MarketInput, record=record)
         self.partition_of[message.resource] = record.partition() or 0
-        self.publish(self.auctioneer.on_input(message, record.offset() or 0, now_ms))
+        self.publish(self.auctioneer.on_input(message, record.offset() or 0, now_ms), now_ms)
 
     def tick(self, now_ms: int) -> None:
-        self.publish(self.auctioneer.tick(now_ms))
+        self.publish(self.auctioneer.tick(now_ms), now_ms)
 
     def next_due_ms(self) -> int | None:
         return self.auctioneer.next_due_ms()
 
-    def publish(self, out: Output) -> None:
+    def publish(self, out: Output, now_ms: int) -> None:
         for outcome in out.outcomes:
             produce(
                 self.producer,
@@ -75,6 +78,13 @@ class MarketShell:
                 key=round_record.resource,
                 headers=headers_for(round_record, None),
             )
+        for award in out.awards:
+            band = self.bands[award.band] if award.band < len(self.bands) else str(award.band)
+            self.metrics.market_award(award, band)
+            window = self.fairness.setdefault(award.pool, FairnessWindow())
+            window.add(now_ms, award.workflow_id, award.units)
+            if (index := window.index(now_ms)) is not None:
+                self.metrics.fairness.labels(award.pool).set(index)
         for reason in out.dropped:
             log.info("market input dropped", reason=reason)
         self.metrics.market_books(self.auctioneer.books())
