@@ -135,7 +135,7 @@ class WorkflowError(BaseModel):
 
 class WorkflowEvent(Message):
     schema_name: ClassVar[str] = "io.fleet.WorkflowEvent"
-    json_fields: ClassVar[tuple[str, ...]] = ("output",)
+    json_fields: ClassVar[tuple[str, ...]] = ("output", "budget")
 
     workflow_id: str
     kind: EventKind
@@ -145,6 +145,9 @@ class WorkflowEvent(Message):
     error: WorkflowError | None = None
     submitted_at_ms: int | None = None
     at_ms: int
+    # Terminal events of workflows that bid: what they spent, charge by charge, so anyone
+    # can reconcile them with the market ledger.
+    budget: JsonValue = None
 
 
 class Header(BaseModel):

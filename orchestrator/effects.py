@@ -87,8 +87,9 @@ def state_event(
     output: JsonValue = None,
     error: WorkflowError | None = None,
 ) -> WorkflowEvent:
-    """An event of an accepted workflow (it carries the workflow's name and submit time)."""
-    return event(
+    """An event of an accepted workflow (it carries the workflow's name and submit time;
+    a terminal one also its spending, if it bid)."""
+    made = event(
         state.workflow_id,
         kind,
         now_ms,
@@ -98,6 +99,12 @@ def state_event(
         output=output,
         error=error,
     )
+    if kind.terminal and state.budget is not None:
+        budget = state.budget
+        charges: dict[str, JsonValue] = {h: s.charge for h, s in sorted(budget.settled.items())}
+        spent = {"limit": budget.limit, "spent": budget.spent, "charges": charges}
+        made = made.model_copy(update={"budget": spent})
+    return made
 
 
 def deadline_error(state: WorkflowState) -> WorkflowError:

@@ -136,7 +136,13 @@ def test_a_step_with_resources_bids_in_pool_order_and_dispatches_with_every_leas
     fx = engine.on_result(_result(task.task_id, 1), 4_000)
     released = [m for m in fx.market if m.kind is MarketInputKind.RELEASE]
     assert sorted((m.resource, m.seq) for m in released) == [("gpu", 1), ("license", 7)]
-    assert [e.kind for e in fx.events][-1] is EventKind.COMPLETED
+    completed = fx.events[-1]
+    assert completed.kind is EventKind.COMPLETED
+    assert completed.budget == {
+        "limit": 10 * CREDIT,
+        "spent": 2 * CREDIT + CREDIT // 2,
+        "charges": {gpu.bid_id: 2 * CREDIT, license_bid.bid_id: CREDIT // 2},
+    }
 
 
 def test_a_bid_the_budget_cannot_cover_fails_the_workflow_with_budget_exhausted() -> None:
