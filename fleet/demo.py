@@ -2,6 +2,8 @@
 
 Everything runs as separate processes on the embedded default (the local Apache Kafka
 from Maven Central), shows live progress, prints a summary and leaves nothing running.
+A burst of GPU renders in two bands contends for the market's ``gpu`` pool alongside the
+mix; its market summary (fleet.demo_market) is read back from the market topics.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from typing import Any
 from pydantic import JsonValue
 
 from fleet.client import FleetClient
+from fleet.demo_market import (
+    POOL,
+    MarketSummary,
+    build_burst,
+    format_market_summary,
+    read_market,
+)
 from fleet.errors import ConfigError, FleetError
 from fleet.kafka import KafkaClients
 from fleet.localkafka import LocalKafka
@@ -27,6 +36,7 @@ from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
 from fleet.supervisor import Supervisor
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from orchestrator.market.policy import MarketPolicy
 from orchestrator.spec import load_spec_file
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "scripts" / "workflows"
@@ -56,6 +66,19 @@ class DemoWorkflow:
     spec: dict[str, Any]
     expect: JsonValue | None = None  # a known output fragment, checked after the run
     expect_failure: bool = False
+    band: str | None = None  # the market band of a contended render
+
+
+@dataclass
+class DemoRun:
+    workload: dict[str, DemoWorkflow]  # by workflow id
+    outcomes: dict[str, WorkflowEvent]  # terminal events, by workflow id
+    market: MarketSummary | None  # None: the run ended before every workflow did
+
+    @property
+    def exit_code(self) -> int:
+        complete = len(self.outcomes) == len(self.workload)
+        return 0 if complete and self.market is not None and not self.market.problems() else 1
 
 
 def _template(name: str) -> dict[str, Any]:
@@ -114,6 +137,8 @@ def output_matches(item: DemoWorkflow, event: WorkflowEvent) -> bool:
         return event.kind is EventKind.FAILED
     if event.kind is not EventKind.COMPLETED or not isinstance(event.output, dict):
         return False
+    if item.kind == "render":  # the market summary checks the slots; here, the shape
+        return {"units", "token", "unit_price", "held_ms"} <= event.output.keys()
     # document-review nests the extracted figures; the others return them at the top.
     found = event.output.get("figures") if item.kind == "document-review" else event.output
     assert isinstance(item.expect, dict)
@@ -203,15 +228,20 @@ def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False
     settings = settings.model_copy(update={"topic_prefix": f"demo-{uuid.uuid4().hex[:6]}."})
     log_dir = settings.kafka_run_dir.parent / "demo-logs" / settings.topic_prefix.rstrip(".")
     try:
-        return _run(settings, workflows, log_dir)
+        return run_workload(settings, workflows, log_dir).exit_code
     finally:
         if started_broker and not keep_broker:
             print("stopping the local broker", file=sys.stderr)
             local.stop()
 
 
-def _run(settings: Settings, count: int, log_dir: Path) -> int:
+def run_workload(settings: Settings, count: int, log_dir: Path) -> DemoRun:
+    """Apply the topics, start the fleet, run ``count`` mixed workflows plus the contended
+    burst, print the summaries and return what happened (the fleet is stopped after)."""
     assert settings.bootstrap_servers
+    # Before anything starts: a market file the burst cannot run under stops the demo here.
+    policy = MarketPolicy.load(settings.market_file)
+    burst = build_burst(_template("gpu-render"), policy, settings.market_file)
     admin = KafkaClients(settings, settings.bootstrap_servers, role="demo").ready_admin()
     topology = Topology.load(settings.topology_file)
     apply_topics(
@@ -231,16 +261,25 @@ def _run(settings: Settings, count: int, log_dir: Path) -> int:
         print(f"waiting for {WORKER_POOLS} worker pools to join their groups", file=sys.stderr)
         client.wait_for_pools(topology.capabilities, WORKER_POOLS, timeout_s=60)
         consumer = client.event_consumer(from_beginning=False)
-        workload = build_workload(count)
+        # The burst goes first, its low band first of all: arrival order favours the low
+        # band, so a lower wait for the high band is the market's doing.
+        mix = build_workload(count)
+        total = len(burst) + len(mix)
+        bands = Counter(c.band for c in burst)
         print(
-            f"submitting {count} workflows ({', '.join(sorted({w.kind for w in workload}))}) "
-            f"to {WORKER_POOLS} worker pools x {CONCURRENCY} concurrency",
+            f"submitting {total} workflows "
+            f"({', '.join(sorted({'render', *(w.kind for w in mix)}))}) "
+            f"to {WORKER_POOLS} worker pools x {CONCURRENCY} concurrency; "
+            f"{len(burst)} renders ({', '.join(f'{n} {b}' for b, n in bands.items())}) "
+            f"contend for the {POOL} pool's {policy.pools[POOL].capacity} slots",
             file=sys.stderr,
         )
         started = time.monotonic()
-        by_id = {client.submit(item.spec, flush=False): item for item in workload}
+        contenders = {client.submit(c.spec, flush=False): c for c in burst}
+        by_id = {w: DemoWorkflow("render", c.spec, band=c.band) for w, c in contenders.items()}
+        by_id |= {client.submit(item.spec, flush=False): item for item in mix}
         client.flush()
-        progress = Progress(total=count)
+        progress = Progress(total=total)
         outcomes: dict[str, WorkflowEvent] = {}
 
         def check_children() -> None:
@@ -252,7 +291,7 @@ def _run(settings: Settings, count: int, log_dir: Path) -> int:
 
         for event in client.events(
             consumer,
-            until=lambda _e: len(outcomes) == count,
+            until=lambda _e: len(outcomes) == total,
             timeout_s=WAIT_S,
             on_idle=check_children,
         ):
@@ -263,10 +302,13 @@ def _run(settings: Settings, count: int, log_dir: Path) -> int:
         progress.update(final=True)
         elapsed = time.monotonic() - started
         consumer.close()
-        client.close()
         print_summary(by_id, outcomes, elapsed)
-        missing = count - len(outcomes)
+        missing = total - len(outcomes)
+        market = None
         if missing:
             print(f"\n{missing} workflows had no outcome within {WAIT_S:.0f} s", file=sys.stderr)
-            return 1
-        return 0
+        else:
+            market = read_market(client, contenders, outcomes, policy)
+            print("\n" + "\n".join(format_market_summary(market)))
+        client.close()
+        return DemoRun(by_id, outcomes, market)
