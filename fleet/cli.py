@@ -33,8 +33,10 @@ from fleet.errors import FleetError, SpecError
 from fleet.kafka import KafkaClients, resolve_bootstrap
 from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
+from fleet.market_view import read_market, render
 from fleet.settings import Guarantee, Settings
 from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from orchestrator.market.policy import UNITS_MAX, MarketPolicy, credits_to_micro
 from orchestrator.service import run as run_orchestrator
 from orchestrator.spec import load_spec_file, parse_spec
 from workers.app import load_app
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     redrive.add_argument("--dry-run", action="store_true", help="list, inject nothing")
 
+    _budget_args(sub.add_parser("budget", help="workflow budgets on the market"))
+    _market_args(
+        sub.add_parser("market", help="show each pool of the market; change a capacity; revoke")
+    )
+
     orch = sub.add_parser("orchestrator", help="run an orchestrator instance")
     orch.add_argument(
         "--guarantee",
@@ -126,6 +133,65 @@ def _arg(parse: Callable[[str], object]) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
     return convert
+
+
+def _budget_args(budget: argparse.ArgumentParser) -> None:
+    budget_sub = budget.add_subparsers(dest="budget_command", required=True)
+    top_up = budget_sub.add_parser("top-up", help="raise a running workflow's budget")
+    top_up.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    top_up.add_argument(
+        "amount",
+        metavar="AMOUNT",
+        type=_arg(parse_top_up),
+        help="credits to add, e.g. 5 or 0.25 (at most 6 decimals)",
+    )
+    top_up.add_argument(
+        "--id",
+        dest="top_up_id",
+        help="top-up id (default: generated); the same id is applied once, so a retry is safe",
+    )
+
+
+def _market_args(market: argparse.ArgumentParser) -> None:
+    market.description = (
+        "Without a subcommand: one line per pool (capacity, leased units, waiting bids by "
+        "band, the last clearing price, the oldest waiting bid, the auctioneer's epoch and "
+        "round), read from the market's topics."
+    )
+    market.add_argument("--json", action="store_true", help="one JSON document")
+    market.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds to read the market topics"
+    )
+    market_sub = market.add_subparsers(dest="market_command")  # none: show the pools
+    capacity = market_sub.add_parser(
+        "capacity", help="set a pool's capacity from its next round (live leases stay)"
+    )
+    capacity.add_argument("pool", metavar="POOL")
+    capacity.add_argument("units", metavar="UNITS", type=_arg(parse_units))
+    revoke = market_sub.add_parser(
+        "revoke", help="kill switch: end every lease of a pool now, or just LEASE_ID"
+    )
+    revoke.add_argument("pool", metavar="POOL")
+    revoke.add_argument("lease_id", metavar="LEASE_ID", nargs="?")
+
+
+def parse_top_up(text: str) -> int:
+    """AMOUNT of ``fleet budget top-up``: credits as exact micro-credits, above 0."""
+    micro = credits_to_micro(text)  # text, not float(text): "0.1" stays exactly 100000
+    if micro == 0:
+        raise ValueError("a top-up must be above 0 credits")
+    return micro
+
+
+def parse_units(text: str) -> int:
+    """UNITS of ``fleet market capacity``: a whole number of units, 0 or more."""
+    # Not int(text), which also takes " 3", "+3" and "3_0".
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"expected a whole number of units (0 or more), got {text!r}")
+    units = int(text)
+    if units > UNITS_MAX:
+        raise ValueError(f"at most {UNITS_MAX} units, got {text}")
+    return units
 
 
 def _filter_args(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +242,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR
         return _cancel(args, settings)
     if command == "dlq":
         return _dlq(args, settings)
+    if command == "budget":
+        return _top_up(args, settings)
+    if command == "market":
+        return _market(args, settings)
     if command == "orchestrator":
         return run_orchestrator(
             settings.with_orchestrator(args.guarantee, args.commit_interval_ms),
@@ -297,6 +367,48 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED
     print(outcome.model_dump_json())
     return EXIT_OK if outcome.kind.value == "CANCELLED" else EXIT_FAILED
+
+
+def _top_up(args: argparse.Namespace, settings: Settings) -> int:
+    client = FleetClient(settings, role="budget")
+    top_up_id = client.top_up(args.workflow_id, args.amount, args.top_up_id)
+    client.close()
+    # Nothing answers a top-up: its owner applies it once, or drops it if the workflow
+    # has ended or bids for nothing. The id lets a retry say "this same top-up".
+    print(top_up_id)
+    return EXIT_OK
+
+
+def _market(args: argparse.Namespace, settings: Settings) -> int:
+    policy = MarketPolicy.load(settings.market_file)
+    command: str | None = args.market_command
+    if command is None:
+        report = read_market(settings, policy, timeout_s=args.timeout)
+        if args.json:
+            print(json.dumps(report.to_json()))
+            return EXIT_OK
+        print(render(report.views, policy.bands))
+        for warning in report.warnings:
+            print(f"fleet: warning: {warning}", file=sys.stderr)
+        return EXIT_OK
+    if args.pool not in policy.pools:
+        # The auctioneer would drop it as well; say so before sending anything.
+        known = ", ".join(policy.pools) or "none"
+        print(
+            f"fleet: error: unknown pool {args.pool!r} in {settings.market_file} (pools: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    client = FleetClient(settings, role="market")
+    if command == "capacity":
+        client.set_capacity(args.pool, args.units)
+        print(f"capacity of {args.pool}: {args.units} units from its auctioneer's next round")
+    else:
+        client.revoke(args.pool, args.lease_id)
+        what = f"lease {args.lease_id}" if args.lease_id else "every lease"
+        print(f"revoke of {what} on {args.pool} sent to its auctioneer")
+    client.close()
+    return EXIT_OK
 
 
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,7 +24,14 @@ from fleet.kafka import (
     resolve_bootstrap,
     watermarks,
 )
-from fleet.messages import WorkflowCancelRequested, WorkflowEvent, WorkflowSubmitted
+from fleet.messages import (
+    BudgetTopUpRequested,
+    MarketInput,
+    MarketInputKind,
+    WorkflowCancelRequested,
+    WorkflowEvent,
+    WorkflowSubmitted,
+)
 from fleet.reader import TopicReader
 from fleet.settings import Settings
 from fleet.topology import Topics
@@ -33,6 +40,18 @@ from fleet.tracing import new_traceparent
 
 def new_workflow_id() -> str:
     return f"wf-{uuid.uuid4().hex}"
+
+
+def new_top_up_id() -> str:
+    return f"tu-{uuid.uuid4().hex}"
+
+
+# Units travel in Avro ints; the market's policy bounds them the same way.
+_UNITS_MAX = 2**31 - 1
+# Amounts travel in Avro longs; the orchestrator adds a top-up to a limit, so leave room.
+_AMOUNT_MAX = 2**62
+
+_Request = WorkflowSubmitted | WorkflowCancelRequested | BudgetTopUpRequested
 
 
 class FleetClient:
@@ -113,7 +132,84 @@ class FleetClient:
         )
         self._request(request, flush=True)
 
-    def _request(self, request: WorkflowSubmitted | WorkflowCancelRequested, flush: bool) -> None:
+    def top_up(self, workflow_id: str, amount_micro: int, top_up_id: str | None = None) -> str:
+        """Raise a running workflow's budget by ``amount_micro``; return the top-up id.
+
+        The owner applies a top-up once per id, so sending the same id again (a retry after
+        an unclear failure) raises the budget only once; reuse an id only with the same
+        amount. A top-up of a workflow that has ended or has no budget changes nothing.
+        Keyed by workflow id like the submission, so the owner sees the two in order.
+        """
+        if not workflow_id:
+            raise ValueError("a top-up needs a workflow id")
+        if type(amount_micro) is not int or not 0 < amount_micro <= _AMOUNT_MAX:
+            raise ValueError(
+                f"a top-up is a whole number of micro-credits above 0, got {amount_micro!r}"
+            )
+        top_up_id = top_up_id or new_top_up_id()
+        request = BudgetTopUpRequested(
+            workflow_id=workflow_id,
+            top_up_id=top_up_id,
+            amount=amount_micro,
+            requested_by=self.clients.role,
+            requested_at_ms=int(time.time() * 1000),
+        )
+        self._request(request, flush=True)
+        return top_up_id
+
+    def set_capacity(self, pool: str, units: int) -> None:
+        """Change a pool's capacity at its auctioneer's next round; live leases keep
+        their units (below them, no new lease is granted until enough are released)."""
+        if type(units) is not int or not 0 <= units <= _UNITS_MAX:
+            raise ValueError(f"capacity is a whole number of units >= 0, got {units!r}")
+        self._market(
+            MarketInput(
+                kind=MarketInputKind.CAPACITY,
+                resource=pool,
+                capacity=units,
+                at_ms=int(time.time() * 1000),
+            )
+        )
+
+    def revoke(self, pool: str, lease_id: str | None = None) -> None:
+        """The kill switch: end one lease on ``pool`` (every lease if ``lease_id`` is None).
+
+        The units are free at once (a later round may grant them again, with larger
+        tokens) and the holders' attempts fail with LeaseEnded, retried as their steps
+        allow. A worker already running one is not stopped: the resource's token check
+        refuses the revoked token once a newer lease on its units has been used.
+        """
+        self._market(
+            MarketInput(
+                kind=MarketInputKind.REVOKE,
+                resource=pool,
+                bid_id=lease_id or None,  # the lease id is the bid id; none: every lease
+                at_ms=int(time.time() * 1000),
+            )
+        )
+
+    def _market(self, message: MarketInput) -> None:
+        """Produce onto market.bids keyed by pool: the partition of the pool's auctioneer,
+        in order with the bids and releases the orchestrators send it."""
+        if not message.resource:
+            raise ValueError("a market input needs a pool name")
+        errors: list[str] = []
+        produce(
+            self._producer,
+            self.topics.market_bids,
+            self.codec.encode(message),
+            key=message.resource,
+            headers=headers_for(message, new_traceparent()),
+            on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+        )
+        self.flush()
+        if errors:
+            raise BrokerError(
+                f"{message.kind.value} for pool {message.resource} was not accepted by "
+                f"Kafka: {errors[0]}"
+            )
+
+    def _request(self, request: _Request, flush: bool) -> None:
         """Produce onto the requests topic, keyed by workflow id (the owner's partition).
 
         A delivery failure reported by the time of the flush raises; unflushed requests
@@ -170,7 +266,7 @@ class FleetClient:
             raise BrokerError(f"cannot read {name}: {exc}; run `fleet topics apply`") from exc
         finally:
             probe.close()
-        return TopicReader(lambda: self.clients.consumer(group), self.admin, name, starts)
+        return TopicReader(lambda: self.clients.consumer(group), self.clients.admin, name, starts)
 
     def events(
         self,
