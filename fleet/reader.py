@@ -33,6 +33,10 @@ from confluent_kafka.admin import AdminClient, ListOffsetsResultInfo, OffsetSpec
 
 log = structlog.get_logger()
 
+# Checks in a row without an answer (none, or an error) before the admin client is
+# replaced: long enough for a broker restart to pass, short next to stall_s.
+ADMIN_PATIENCE = 4
+
 
 class TopicReader:
     """Reads ``topic`` from the given start offsets; ``consume`` is Consumer.consume."""
@@ -40,7 +44,7 @@ class TopicReader:
     def __init__(
         self,
         open_consumer: Callable[[], Consumer],
-        admin: AdminClient,
+        open_admin: Callable[[], AdminClient],
         topic: str,
         starts: Mapping[int, int],
         *,
@@ -53,7 +57,10 @@ class TopicReader:
         self.check_every_s = check_every_s
         self.reopens = 0
         self._open = open_consumer
-        self._admin = admin
+        self._open_admin = open_admin
+        self._admin = open_admin()
+        self._unanswered = 0  # checks in a row without a usable answer from the admin
+        self.admin_reopens = 0
         self._clock = clock
         # Next offset to read per partition; OFFSET_BEGINNING until the first fetch.
         self._positions = dict(starts)
@@ -91,10 +98,22 @@ class TopicReader:
                 self._positions[tp.partition] = tp.offset
         asked, self._asked = self._asked, None
         if asked is not None and all(f.done() for f in asked.values()):
-            self._judge(asked, now)
-        elif asked is not None:
+            answered = self._judge(asked, now)
+        elif asked is not None and self._unanswered < ADMIN_PATIENCE:
+            self._unanswered += 1
             self._asked = asked  # the broker has not answered yet: judge it next time
             return
+        else:
+            answered = asked is None
+        self._unanswered = 0 if answered else self._unanswered + 1
+        if self._unanswered >= ADMIN_PATIENCE:
+            # The admin client is as long-lived as the consumer and can be stuck the same
+            # way after a broker restart (fault run seed 6005: no answer for minutes, so
+            # no stall was ever judged). A fresh one asks on fresh connections.
+            log.warning("reader's admin client stopped answering; replacing it", topic=self.topic)
+            self._admin = self._open_admin()
+            self._unanswered = 0
+            self.admin_reopens += 1
         self._asked = self._admin.list_offsets(
             {tp: OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_COMMITTED,  # latest = last stable offset
@@ -103,13 +122,14 @@ class TopicReader:
 
     def _judge(
         self, asked: Mapping[TopicPartition, Future[ListOffsetsResultInfo]], now: float
-    ) -> None:
+    ) -> bool:
+        """Judge the answer; False if there was none to judge (the broker away)."""
         stalled = []
         for tp, future in asked.items():
             try:
                 stable = future.result().offset
             except KafkaException:
-                return  # broker away: nothing to judge; librdkafka reconnects
+                return False  # nothing to judge; librdkafka reconnects, or see _check
             position = self._positions[tp.partition]
             if position == OFFSET_BEGINNING:
                 # No record delivered yet: behind if the log holds any (the log start,
@@ -126,6 +146,7 @@ class TopicReader:
                 stalled.append(tp.partition)
         if stalled:
             self._reopen(stalled)
+        return True
 
     def _reopen(self, stalled: list[int]) -> None:
         log.warning(

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleet.kafka import KafkaClients
 from fleet.reader import TopicReader
@@ -59,7 +59,7 @@ def test_reader_reopens_a_consumer_that_stopped_fetching(settings: Settings) -> 
 
     reader = TopicReader(
         open_consumer,
-        clients.admin(),
+        clients.admin,
         topic,
         {p: OFFSET_BEGINNING for p in range(PARTITIONS)},
         stall_s=2.0,
@@ -102,7 +102,7 @@ def test_reader_leaves_a_slow_but_moving_partition_alone(settings: Settings) -> 
     _produce(clients, topic, 0, 400)
     reader = TopicReader(
         lambda: clients.consumer(group),
-        clients.admin(),
+        clients.admin,
         topic,
         {p: OFFSET_BEGINNING for p in range(PARTITIONS)},
         stall_s=0.5,
@@ -120,3 +120,41 @@ def test_reader_leaves_a_slow_but_moving_partition_alone(settings: Settings) -> 
         reader.close()
     assert len(seen) == 400 * PARTITIONS
     assert reader.reopens == 0
+
+
+@pytest.mark.timeout(120)
+def test_reader_replaces_an_admin_client_that_stopped_answering(settings: Settings) -> None:
+    """Fault run seed 6005: the reader's long-lived admin client got no answers after a
+    broker restart, so a stalled consumer was never judged. An admin client that cannot
+    answer (nothing listens on its address) stands in for it."""
+    assert settings.bootstrap_servers
+    clients = KafkaClients(settings, settings.bootstrap_servers, role="test")
+    topic = _topic(clients, settings)
+    group = f"reader-{uuid.uuid4().hex}"
+    opened: list[Consumer] = []
+    admins = [AdminClient({"bootstrap.servers": "127.0.0.1:9", "socket.timeout.ms": 1000})]
+
+    def open_consumer() -> Consumer:
+        opened.append(clients.consumer(group))
+        return opened[-1]
+
+    def open_admin() -> AdminClient:
+        return admins.pop(0) if admins else clients.admin()
+
+    reader = TopicReader(
+        open_consumer,
+        open_admin,
+        topic,
+        {p: OFFSET_BEGINNING for p in range(PARTITIONS)},
+        stall_s=2.0,
+        check_every_s=0.5,
+    )
+    try:
+        opened[0].pause([TopicPartition(topic, 0)])  # stalled from the start
+        _produce(clients, topic, 0, 10)
+        seen: list[str] = []
+        _read(reader, seen, 10 * PARTITIONS, 60)
+    finally:
+        reader.close()
+    assert reader.admin_reopens == 1 and reader.reopens == 1
+    assert sorted(seen) == sorted(f"{p}:{n}" for p in range(PARTITIONS) for n in range(10))
