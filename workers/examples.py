@@ -10,9 +10,12 @@ handlers, so a slow task holds no thread), and ``fail`` (``"permanent"`` or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
+import os
 import re
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -242,6 +245,55 @@ async def render(payload: Any, ctx: TaskContext) -> dict[str, Any]:
         "token": [lease.epoch, lease.seq],
         "unit_price": lease.unit_price,
         "held_ms": [started_ms, int(time.time() * 1000)],
+    }
+
+
+# What guards every pool in this process, one guard per pool, made on first use: the
+# market fault run's resource side (tests/fault/market.py), which checks afterwards that
+# no unit was ever held by two leases at once and no stale token was accepted.
+_POOLS: dict[str, LeaseGuard] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool_guard(pool: str) -> LeaseGuard:
+    with _POOLS_LOCK:
+        guard = _POOLS.get(pool)
+        if guard is None:
+            guard = _POOLS[pool] = LeaseGuard(pool)
+        return guard
+
+
+@app.capability("hold")
+async def hold(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """Holds every lease the task got (its step's ``resources``) for ``delay_ms``.
+
+    Each lease is admitted by its pool's guard first, in pool order; a stale or expired
+    token raises :class:`~workers.leases.StaleLease` (the task fails, retryably) and
+    nothing is held. Returns, per pool, the units, the token, the unit price and when the
+    units were held, with this process's pid and the payload's ``tag``: evidence a run
+    checks against the capacity and the tokens afterwards.
+    """
+    if not ctx.leases:
+        raise PermanentError("hold needs leases: give its step resources, e.g. {p1: 1}")
+    leases = sorted(ctx.leases, key=lambda lease: lease.resource)
+    started_ms = int(time.time() * 1000)
+    with contextlib.ExitStack() as held:
+        for lease in leases:
+            held.enter_context(_pool_guard(lease.resource).holding(lease, started_ms))
+        await _prelude(payload)
+        ended_ms = int(time.time() * 1000)
+    return {
+        "pid": os.getpid(),
+        "tag": payload.get("tag") if isinstance(payload, dict) else None,
+        "leases": {
+            lease.resource: {
+                "units": lease.units,
+                "token": [lease.epoch, lease.seq],
+                "unit_price": lease.unit_price,
+                "held_ms": [started_ms, ended_ms],
+            }
+            for lease in leases
+        },
     }
 
 

@@ -18,8 +18,13 @@ min.insync.replicas 2), ``kill -9`` of one node, started again a few seconds lat
 Everything is bounded by deadlines and every process and broker it started is stopped in
 ``finally``. Library: :func:`run_faults` returns a :class:`FaultSummary`. CLI::
 
-    python -m tests.fault.driver [--preset soak|short|cluster] [--workflows N] [--seed S]
-                                 [--runs K] [--brokers B] [--broker-kills N] ...
+    python -m tests.fault.driver [--preset soak|short|cluster|market|market-short]
+                                 [--workflows N] [--seed S] [--runs K] [--brokers B]
+                                 [--broker-kills N] ...
+
+The ``market`` presets are issue 4's contention run (``tests.fault.market``): contended
+``hold`` tasks on pools of 1 to 4 units while orchestrators are killed; :func:`run_market`
+returns a :class:`~tests.fault.market.MarketSummary`.
 
 The modules of ``tests/fault``, one concept each:
 
@@ -36,6 +41,7 @@ The modules of ``tests/fault``, one concept each:
 * ``live``: one run, from the broker's start to the verdict, and its clean-up;
 * ``summary``: :class:`FaultSummary` and its table;
 * ``watchdog``: stops what a dying driver leaves behind;
+* ``market``, ``market_workload``, ``market_checker``: issue 4's contention run;
 * ``driver`` (this module): :func:`run_faults` and the CLI.
 """
 
@@ -47,21 +53,46 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from fleet.errors import FleetError
 from fleet.settings import Settings
 from tests.fault.config import FaultConfig
 from tests.fault.live import LiveRun
+from tests.fault.market import MarketSummary, format_market_summary
 from tests.fault.summary import FaultSummary, format_summary
+
+
+class _Verdict(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+
+S = TypeVar("S", bound=_Verdict)
 
 
 def run_faults(config: FaultConfig) -> FaultSummary:
     """Run the fleet under faults and check it; every process is stopped on return."""
+    return _run(config, lambda _run, summary: summary)
+
+
+def run_market(config: FaultConfig) -> MarketSummary:
+    """:func:`run_faults` for a ``market`` config, with the market's figures."""
+    if not config.market:
+        raise ValueError("run_market needs a market config (FaultConfig.market_full/short)")
+
+    def finish(run: LiveRun, summary: FaultSummary) -> MarketSummary:
+        assert run.market is not None
+        return run.market.summary(summary)
+
+    return _run(config, finish)
+
+
+def _run(config: FaultConfig, finish: Callable[[LiveRun, FaultSummary], S]) -> S:
     run = LiveRun(config)
     passed = False
     try:
-        summary = run.execute()
+        summary = finish(run, run.execute())
         passed = summary.ok
         return summary
     except BaseException as exc:
@@ -76,6 +107,8 @@ PRESETS: dict[str, Callable[..., FaultConfig]] = {
     "soak": FaultConfig.soak,
     "short": FaultConfig.short,
     "cluster": FaultConfig.cluster,
+    "market": FaultConfig.market_full,
+    "market-short": FaultConfig.market_short,
 }
 
 
@@ -85,7 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="soak")
     parser.add_argument(
-        "--workflows", type=int, help="default: 1000 (soak), 200 (short), 300 (cluster)"
+        "--workflows",
+        type=int,
+        help="default: 1000 (soak), 200 (short), 300 (cluster), 540 (market), 150 (market-short)",
     )
     parser.add_argument("--seed", type=int, help="default: random; run k uses seed + k")
     parser.add_argument(
@@ -95,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, help="workflows submitted per second")
     parser.add_argument("--orchestrators", type=int)
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--orchestrator-kills", type=int, help="kill -9 of an orchestrator, each")
+    parser.add_argument("--worker-kills", type=int, help="kill -9 of a worker, each")
     parser.add_argument("--brokers", type=int, help="local broker nodes (default: 1; cluster: 3)")
     parser.add_argument("--broker-kills", type=int, help="kill -9 of one broker node, each")
     parser.add_argument("--broker-restarts", type=int, help="stops and starts of the whole broker")
@@ -122,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("rate", "submit_rate"),
         ("orchestrators", "orchestrators"),
         ("workers", "workers"),
+        ("orchestrator_kills", "orchestrator_kills"),
+        ("worker_kills", "worker_kills"),
         ("brokers", "brokers"),
         ("broker_kills", "broker_kills"),
         ("broker_restarts", "broker_restarts"),
@@ -143,15 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = PRESETS[args.preset](**overrides, seed=base_seed + k, run_dir=run_dir)
         print(f"\n=== run {k + 1}/{args.runs} (seed {config.seed}) ===", flush=True)
         try:
-            summary = run_faults(config)
+            if config.market:
+                market = run_market(config)
+                ok, text = market.ok, format_market_summary(market)
+            else:
+                summary = run_faults(config)
+                ok, text = summary.ok, format_summary(summary)
         except FleetError as exc:
             print(f"run {k + 1} could not complete: {exc}", flush=True)
             if not args.keep_going:
                 break
             continue
-        print(format_summary(summary), flush=True)
-        passed += summary.ok
-        if not summary.ok and not args.keep_going:
+        print(text, flush=True)
+        passed += ok
+        if not ok and not args.keep_going:
             break
     print(f"\n{passed}/{args.runs} runs passed", flush=True)
     return 0 if passed == args.runs else 1

@@ -28,6 +28,7 @@ from tests.fault.checker import SeenEvent, SeenLetter, check_run
 from tests.fault.config import WORKER_APP, FaultConfig
 from tests.fault.garbage import GarbageInjector
 from tests.fault.log import DriverLog
+from tests.fault.market import MarketRun
 from tests.fault.plan import plan_faults
 from tests.fault.processes import Processes, wait_for_pools
 from tests.fault.readback import RawRecord, read_topic
@@ -56,6 +57,8 @@ class LiveRun:
         self.threads: list[Watcher | Submitter | FaultThread] = []
         self.clients: list[FleetClient] = []
         self.watchdog: Watchdog | None = None
+        # Issue 4's run: its policy, workload, read-back and checks (None for the others).
+        self.market = MarketRun(config, self.run_dir) if config.market else None
 
     def _lap(self, name: str, since: float) -> None:
         self.timings[name] = time.monotonic() - since
@@ -69,6 +72,9 @@ class LiveRun:
             update={"kafka_run_dir": self.run_dir / "kafka", "topic_prefix": f"fault-{tag}."}
         )
         self.watchdog = Watchdog(base.topic_prefix, base.kafka_run_dir.resolve())
+        if self.market is not None:  # every fleet process gets it as FLEET_MARKET_FILE
+            base = base.model_copy(update={"market_file": self.market.policy_file})
+            log(f"market run: policy {self.market.policy_file}")
         if config.brokers > 1:  # every fleet process gets it as FLEET_TOPOLOGY
             topology_file = write_replicated_topology(
                 base.topology_file, self.run_dir, config.brokers
@@ -109,12 +115,15 @@ class LiveRun:
         if config.cancellations and not can_cancel:
             self.notes.append("FleetClient.cancel does not exist: no cancellations")
         sub_started = time.monotonic()
-        items = build_workload(
-            config.workflows,
-            config.seed,
-            cancellations=config.cancellations and can_cancel,
-            tag=tag + "-",
-        )
+        if self.market is not None:
+            items = self.market.workload(tag + "-")
+        else:
+            items = build_workload(
+                config.workflows,
+                config.seed,
+                cancellations=config.cancellations and can_cancel,
+                tag=tag + "-",
+            )
         submitter = Submitter(
             self._client(settings, "fault-submit"), items, config.submit_rate, log
         )
@@ -200,16 +209,29 @@ class LiveRun:
         reading = time.monotonic()
         events, letters, tasks = self._read_back(clients, topics, capabilities, control.codec)
         self._lap("read back", reading)
-        verdict = check_run(
-            items,
-            events,
-            tasks,
-            letters,
-            faults.garbage,
-            cancel_requested=submitter.cancel_requested,
-            uncertain=submitter.uncertain,
-            eos_topics=[topics.requests, topics.results],
-        )
+        if self.market is not None:
+            back = self.market.read_back(lambda t: self._read(clients, t), topics, control.codec)
+            self._lap("read back", reading)
+            verdict = self.market.check(
+                back,
+                events,
+                tasks,
+                letters,
+                faults.garbage,
+                uncertain=submitter.uncertain,
+                eos_topics=[topics.requests, topics.results],
+            )
+        else:
+            verdict = check_run(
+                items,
+                events,
+                tasks,
+                letters,
+                faults.garbage,
+                cancel_requested=submitter.cancel_requested,
+                uncertain=submitter.uncertain,
+                eos_topics=[topics.requests, topics.results],
+            )
         submitted_items = [
             i
             for i in items
@@ -233,7 +255,11 @@ class LiveRun:
             seed=config.seed,
             brokers=config.brokers,
             workflows=len(submitter.acked_ms),
-            shapes=dict(Counter(i.shape.value for i in submitted_items)),
+            shapes=(
+                self.market.shapes(i.workflow_id for i in submitted_items)
+                if self.market is not None
+                else dict(Counter(i.shape.value for i in submitted_items))
+            ),
             outcomes=dict(verdict.outcomes),
             cancels_requested=len(submitter.cancel_requested),
             cancelled=verdict.cancelled,
@@ -276,15 +302,8 @@ class LiveRun:
     def _read_back(
         self, clients: KafkaClients, topics: Topics, capabilities: Sequence[str], codec: Codec
     ) -> tuple[list[SeenEvent], list[SeenLetter], list[TaskAssigned]]:
-        timeout = self.config.read_s
-
         def read(topic: str) -> list[RawRecord]:
-            records, complete = read_topic(clients, topic, timeout)
-            if not complete:
-                self.violations.append(
-                    f"could not read {topic} to its end within {timeout:.0f} s (stuck transaction?)"
-                )
-            return records
+            return self._read(clients, topic)
 
         events: list[SeenEvent] = []
         for r in read(topics.events):
@@ -306,6 +325,15 @@ class LiveRun:
                 with contextlib.suppress(DecodeError):  # the injected garbage
                     tasks.append(codec.decode(r.value, TaskAssigned))
         return events, letters, tasks
+
+    def _read(self, clients: KafkaClients, topic: str) -> list[RawRecord]:
+        timeout = self.config.read_s
+        records, complete = read_topic(clients, topic, timeout)
+        if not complete:
+            self.violations.append(
+                f"could not read {topic} to its end within {timeout:.0f} s (stuck transaction?)"
+            )
+        return records
 
     def close(self, *, passed: bool) -> None:
         """Stop threads, processes and the broker this run started, whatever happened."""
