@@ -82,12 +82,16 @@ def settle(budget: Budget | None, hold_id: str, charge: int) -> None:
         budget.settle(hold_id, charge)
 
 
-def withdraw(state: WorkflowState, run: TaskRun, now_ms: int) -> MarketInput | None:
-    """Take back the bid out now (its hold is released), if any."""
+def withdraw(run: TaskRun, now_ms: int) -> MarketInput | None:
+    """Take back the bid out now, if any.
+
+    Its hold stays open until the auctioneer answers: the withdrawal may cross an award
+    already made, and then the award is charged at its price (and the unit given back
+    at once), so what a workflow spent always matches what the ledger sold it. Settling
+    at 0 here made a sale no budget paid for (market fault run, seed 5)."""
     if run.bid is None:
         return None
     this, run.bid = run.bid, None
-    settle(state.budget, this, 0)
     return MarketInput(
         kind=MarketInputKind.WITHDRAW, resource=pool_of(this), bid_id=this, at_ms=now_ms
     )

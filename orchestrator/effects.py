@@ -102,7 +102,10 @@ def state_event(
     if kind.terminal and state.budget is not None:
         budget = state.budget
         charges: dict[str, JsonValue] = {h: s.charge for h, s in sorted(budget.settled.items())}
-        spent = {"limit": budget.limit, "spent": budget.spent, "charges": charges}
+        # Holds still open: bids the auctioneer had not answered when the workflow ended
+        # (withdrawn). Never charged; an award that comes later is given back unused.
+        held: dict[str, JsonValue] = dict(sorted(budget.holds.items()))
+        spent = {"limit": budget.limit, "spent": budget.spent, "charges": charges, "held": held}
         made = made.model_copy(update={"budget": spent})
     return made
 

@@ -490,7 +490,7 @@ class Engine:
         else:
             # Acquiring: what it holds goes back, and the next attempt starts from the
             # first pool again (the global order).
-            if (withdrawn := acquire.withdraw(state, run, now_ms)) is not None:
+            if (withdrawn := acquire.withdraw(run, now_ms)) is not None:
                 fx.market.append(withdrawn)
             fx.market += acquire.release(run, now_ms)
             run.acquiring = False
@@ -500,7 +500,7 @@ class Engine:
         """The workflow ends: bids out are withdrawn, leases of undispatched tasks given
         back. Dispatched tasks keep theirs until expiry (their workers may be running)."""
         for run in state.tasks.values():
-            if (withdrawn := acquire.withdraw(state, run, now_ms)) is not None:
+            if (withdrawn := acquire.withdraw(run, now_ms)) is not None:
                 fx.market.append(withdrawn)
             if run.acquiring:
                 fx.market += acquire.release(run, now_ms)

@@ -252,7 +252,8 @@ def format_market_summary(s: MarketSummary) -> str:
         f"  fencing    stale tokens refused by the guards: {m.stale_rejections}, "
         f"expired leases refused: {m.expired_rejections}",
         f"  budgets    {m.budgets_checked} reconciled, drift {m.drift} micro-credits; "
-        f"ledger revenue {m.revenue / MICRO:.2f} credits",
+        f"ledger revenue {m.revenue / MICRO:.2f} credits; bids unanswered at their "
+        f"workflow's end {m.held_at_end} (awarded anyway, given back: {m.awarded_after_end})",
         f"  ledger     {m.rounds_replayed} rounds replayed to the recorded hash chain",
     ]
     return "\n".join(lines)

@@ -105,6 +105,8 @@ class MarketVerdict:
     tasks_run: int = 0  # distinct hold tasks with a successful result
     budgets_checked: int = 0
     drift: int = 0  # micro-credits
+    held_at_end: int = 0  # bids still unanswered when their workflow ended (not charged)
+    awarded_after_end: int = 0  # of those, awarded anyway (the unit given back unused)
     revenue: int = 0  # micro-credits, the ledger's awards
     rounds_replayed: int = 0
     waited_bids: int = 0  # bids that waited at least one round
@@ -368,7 +370,16 @@ def _check_budgets(
             problems.append(f"{where}: spent {spent} is not the sum of its charges {total}")
         if spent > limit:
             problems.append(f"{where}: spent {spent} above the limit {limit}")
-        unsettled = sorted(by_workflow.get(event.workflow_id, set()) - set(charges))
+        # Holds still open at the end are bids the auctioneer had not answered yet (the
+        # workflow withdrew them): never charged, and an award that came later was given
+        # back unused. Every other bid of the workflow must have been settled.
+        held = budget.get("held") or {}
+        if not isinstance(held, dict) or set(held) & set(charges):
+            problems.append(f"{where}: held {held!r} is not a set of unsettled bids"[:300])
+            held = {}
+        verdict.held_at_end += len(held)
+        verdict.awarded_after_end += sum(1 for b in held if b in awards)
+        unsettled = sorted(by_workflow.get(event.workflow_id, set()) - set(charges) - set(held))
         if unsettled:
             problems.append(f"{where}: bids never settled: {unsettled}")
     _listed(verdict, "budgets that do not reconcile with the ledger", problems)

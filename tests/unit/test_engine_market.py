@@ -142,6 +142,7 @@ def test_a_step_with_resources_bids_in_pool_order_and_dispatches_with_every_leas
         "limit": 10 * CREDIT,
         "spent": 2 * CREDIT + CREDIT // 2,
         "charges": {gpu.bid_id: 2 * CREDIT, license_bid.bid_id: CREDIT // 2},
+        "held": {},
     }
 
 
@@ -226,3 +227,39 @@ def test_workflows_without_resources_keep_their_old_record() -> None:
     _submit(engine, {"name": "wf", "steps": [{"id": "a", "capability": "work"}]})
     record = engine.record_of("wf-1")
     assert isinstance(record, dict) and "budget" not in record
+
+
+def test_a_withdrawal_that_crosses_an_award_is_charged_the_awards_price() -> None:
+    """Market fault run seed 5: the owner withdrew a bid the auctioneer had just awarded.
+    Its hold stays open until the answer, so the award is paid (and given back) and the
+    workflow's spending matches the ledger."""
+    engine = _engine()
+    gpu = _bids(_submit(engine, _spec({"gpu": 1, "license": 1}, step={"backoff_s": 0})))[0]
+    grant = _grant(gpu, unit_price=CREDIT)
+    license_bid = _bids(engine.on_market(grant, 2_000))[0]
+    # The gpu lease is revoked while the license bid is out: the attempt starts over.
+    fx = engine.on_market(_outcome(MarketOutcomeKind.ENDED, gpu, "revoked", grant.lease), 3_000)
+    assert [m.bid_id for m in fx.market if m.kind is MarketInputKind.WITHDRAW] == [
+        license_bid.bid_id
+    ]
+    state = engine.state_of("wf-1")
+    assert state is not None and state.budget is not None
+    assert license_bid.bid_id in state.budget.holds  # open until the auctioneer answers
+    # ...which had already awarded it.
+    late = engine.on_market(_grant(license_bid, unit_price=CREDIT // 2, seq=9), 4_000)
+    assert [m.kind for m in late.market] == [MarketInputKind.RELEASE]  # given back unused
+    assert state.budget.settled[license_bid.bid_id].charge == CREDIT // 2
+    assert state.budget.spent == CREDIT + CREDIT // 2
+
+
+def test_a_bid_still_unanswered_when_the_workflow_ends_is_reported_held() -> None:
+    engine = _engine()
+    gpu = _bids(_submit(engine, _spec({"gpu": 1})))[0]
+    fx = engine.cancel(WorkflowCancelRequested(workflow_id="wf-1", requested_at_ms=0), 2_000)
+    (cancelled,) = fx.events
+    assert cancelled.budget == {
+        "limit": 10 * CREDIT,
+        "spent": 0,
+        "charges": {},
+        "held": {gpu.bid_id: 2 * CREDIT},
+    }
