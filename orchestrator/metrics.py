@@ -89,6 +89,12 @@ class OrchestratorMetrics:
             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=registry,
         )
+        self.fill_rate = Gauge(
+            "fleet_market_fill_rate",
+            "Last round's units awarded / min(free units, units demanded)",
+            ["pool"],
+            registry=registry,
+        )
         self.fairness = Gauge(
             "fleet_market_jain_fairness",
             "Jain's index of units awarded per workflow over the last minute (1 = equal)",

@@ -31,6 +31,7 @@ from fleet.messages import (
     MarketRound,
 )
 from orchestrator.market.book import BidRequest, Book, Ended, Lease, Lost, Token
+from orchestrator.market.ledger import RoundRecord
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.market.stats import AwardStat
 
@@ -41,6 +42,7 @@ log = structlog.get_logger()
 class Output:
     outcomes: list[MarketOutcome] = field(default_factory=list)
     rounds: list[MarketRound] = field(default_factory=list)
+    records: list[RoundRecord] = field(default_factory=list)  # the same rounds, unencoded
     dropped: list[str] = field(default_factory=list)  # inputs that changed nothing, and why
     awards: list[AwardStat] = field(default_factory=list)  # for the operators' metrics
 
@@ -193,6 +195,7 @@ class Auctioneer:
         owned.next_round_ms = now_ms + self.policy.round_ms if book.waiting else 0
         self._changed.add(book.resource)
         record = result.record
+        out.records.append(record)
         out.rounds.append(
             MarketRound(
                 resource=record.resource,

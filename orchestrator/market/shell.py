@@ -21,7 +21,7 @@ from fleet.topology import Topics
 from orchestrator import changelog
 from orchestrator.market.auctioneer import Auctioneer, Output
 from orchestrator.market.policy import MarketPolicy
-from orchestrator.market.stats import FairnessWindow
+from orchestrator.market.stats import FairnessWindow, fill_rate
 from orchestrator.metrics import OrchestratorMetrics
 
 log = structlog.get_logger()
@@ -70,7 +70,12 @@ class MarketShell:
                 headers=headers_for(outcome, None),
             )
             self.metrics.market_outcome(outcome)
-        for round_record in out.rounds:
+        for round_record, cleared in zip(out.rounds, out.records, strict=True):
+            rate = fill_rate(
+                cleared.free, sum(b.units for b in cleared.bids), cleared.outcome.units
+            )
+            if rate is not None:
+                self.metrics.fill_rate.labels(cleared.resource).set(rate)
             produce(
                 self.producer,
                 self.topics.market_ledger,

@@ -45,3 +45,11 @@ class FairnessWindow:
             return None
         total = sum(per.values())
         return total * total / (len(per) * sum(x * x for x in per.values()))
+
+
+def fill_rate(free: int, demanded: int, awarded: int) -> float | None:
+    """Units awarded / min(free units, units demanded) in one round: 1 when the round
+    sold all it could. Below 1 when a bid that does not fit holds back the ones behind
+    it (no backfilling). None when there was nothing to sell or nobody asked."""
+    possible = min(free, demanded)
+    return None if possible <= 0 else awarded / possible

@@ -149,6 +149,19 @@ def test_contended_gpu_work_runs_within_capacity_pays_and_replays(fleet: Fleet) 
     assert records and replay(records) == records[-1].hash
     assert sum(a.units for r in records for a in r.outcome.awards) == 8
 
+    metrics = fleet.metrics()
+    gpu = (("pool", "gpu"),)
+    assert 0.0 <= metrics[("fleet_market_fill_rate", gpu)] <= 1.0
+    assert metrics[("fleet_market_leased_units", gpu)] == 0  # all released
+    assert metrics[("fleet_market_capacity_units", gpu)] == 2
+    awarded = sum(
+        v
+        for (name, labels), v in metrics.items()
+        if name == "fleet_market_time_to_award_seconds_count" and ("pool", "gpu") in labels
+    )
+    assert awarded == 8
+    assert 0.0 < metrics[("fleet_market_jain_fairness", gpu)] <= 1.0
+
 
 def test_a_budget_too_small_for_the_bid_fails_with_budget_exhausted(fleet: Fleet) -> None:
     (event,) = fleet.run_many([_render(10, budget="2.5")])  # 3 credits per unit > 2.5

@@ -82,6 +82,7 @@ def test_contended_bids_wait_for_the_round_and_the_winner_pays_the_losers_bid() 
     assert _kinds(released) == [("ENDED", "a", "released")]
     out = auctioneer.tick(410)
     assert _kinds(out) == [("GRANTED", "b", None)]
+    assert [r.outcome.units for r in out.records] == [1] and len(out.rounds) == 1
     (award,) = out.awards
     assert (award.wait_ms, award.rounds_waited, award.band) == (410, 1, 0)  # bids stamped 0
     lease = out.outcomes[0].lease

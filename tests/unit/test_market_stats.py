@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.market.stats import FairnessWindow
+from orchestrator.market.stats import FairnessWindow, fill_rate
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +40,11 @@ def test_the_index_lies_between_one_over_n_and_one(awards: list[tuple[str, int]]
     index = window.index(0)
     n = len({w for w, _u in awards})
     assert index is not None and 1 / n - 1e-9 <= index <= 1 + 1e-9
+
+
+def test_fill_rate_is_what_a_round_sold_out_of_what_it_could() -> None:
+    assert fill_rate(free=2, demanded=5, awarded=2) == 1.0
+    assert fill_rate(free=4, demanded=3, awarded=0) == 0.0  # a big bid held the rest back
+    assert fill_rate(free=3, demanded=2, awarded=1) == 0.5
+    assert fill_rate(free=0, demanded=5, awarded=0) is None
+    assert fill_rate(free=2, demanded=0, awarded=0) is None
