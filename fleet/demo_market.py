@@ -16,18 +16,14 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaException, TopicPartition
-
 from fleet.client import FleetClient
-from fleet.errors import BrokerError, ConfigError, DecodeError
-from fleet.kafka import watermarks
+from fleet.errors import ConfigError, DecodeError
 from fleet.messages import (
     EventKind,
     MarketInput,
@@ -38,6 +34,7 @@ from fleet.messages import (
     Message,
     WorkflowEvent,
 )
+from fleet.readback import partitions_of, records_to_end
 from orchestrator.market.ledger import ChainBroken, RoundRecord, replay
 from orchestrator.market.policy import MarketPolicy, micro_to_credits
 from orchestrator.spec import check_market, parse_spec
@@ -269,33 +266,11 @@ def _decoded(client: FleetClient, topic: str, cls: type[M]) -> list[M]:
 
 
 def read_topic(client: FleetClient, topic: str, timeout_s: float = READ_TIMEOUT_S) -> list[bytes]:
-    """Every committed record value of ``topic`` up to its end as of this call.
-
-    The reader is read_committed: it waits for a transaction still open at the end and
-    skips aborted ones; its position passes transaction markers too, so it reaches the
-    end offsets exactly."""
-    consumer = client.clients.consumer(f"demo-read-{uuid.uuid4().hex}")
-    try:
-        try:
-            partitions = client.admin.list_topics(topic=topic, timeout=10).topics[topic].partitions
-        except (KafkaException, KeyError) as exc:
-            raise BrokerError(f"cannot read {topic}: {exc}; run `fleet topics apply`") from exc
-        ends = {p: watermarks(consumer, topic, p)[1] for p in sorted(partitions)}
-        assigned = [TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0]
-        if not assigned:
-            return []
-        consumer.assign(assigned)
-        values: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            records = consumer.consume(500, timeout=0.2)
-            values += [r.value() or b"" for r in records if r.error() is None]
-            if all(tp.offset >= ends[tp.partition] for tp in consumer.position(assigned)):
-                return values
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} did not reach its end in {timeout_s:.0f} s")
-    finally:
-        consumer.close()
+    """Every committed record value of ``topic`` up to its end as of this call
+    (fleet.readback); a BrokerError if that takes longer than ``timeout_s``."""
+    partitions = partitions_of(client.clients, topic)
+    deadline = time.monotonic() + timeout_s
+    return [r.value() or b"" for r in records_to_end(client.clients, topic, partitions, deadline)]
 
 
 def _ms(values: Sequence[int], how: str) -> str:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterable
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from pydantic import JsonValue
 
-from fleet.errors import BrokerError
-from fleet.kafka import KafkaClients, watermarks
+from fleet.kafka import KafkaClients
+from fleet.readback import records_to_end
 
 log = structlog.get_logger()
 
@@ -39,25 +37,24 @@ def read_partitions(
     as read_committed: an open transaction of the previous owner holds the read back
     until it commits or aborts, so a restore never sees half of a batch.
 
-    The end must be the high watermark, asked read_uncommitted. A read_committed consumer
-    reports the last stable offset instead, which stops short of a killed owner's open
-    transaction *and of everything committed after it*: the restore would silently drop
-    newer state (found by the fault runs: one attempt dispatched five times). Waiting for
-    the open transaction costs at most the orchestrator's transaction.timeout.ms.
+    The end is the high watermark (fleet.readback): a restore that stopped at the last
+    stable offset dropped newer state (found by the fault runs: one attempt dispatched
+    five times). Waiting for the open transaction costs at most the orchestrator's
+    transaction.timeout.ms; past ``timeout_s`` it raises ReadIncomplete (a BrokerError).
     """
     wanted = sorted(set(partitions))
     if not wanted:
         return {}
     started = time.monotonic()
-    ends = _high_watermarks(clients, topic, wanted)
     latest: dict[str, tuple[int, JsonValue]] = {}
-    consumer = clients.consumer(f"{topic}.restore-{uuid.uuid4().hex}")  # read_committed
-    try:
-        if ends:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-            _read_until(consumer, ends, latest, started + timeout_s)
-    finally:
-        consumer.close()
+    for record in records_to_end(clients, topic, wanted, started + timeout_s):
+        key = record.key()
+        workflow_id = key.decode() if isinstance(key, bytes) else str(key)
+        value = record.value()
+        if value is None:
+            latest.pop(workflow_id, None)
+        else:
+            latest[workflow_id] = (record.partition() or 0, json.loads(value))
     log.info(
         "state restored from the changelog",
         partitions=wanted,
@@ -65,50 +62,3 @@ def read_partitions(
         seconds=round(time.monotonic() - started, 3),
     )
     return latest
-
-
-def _high_watermarks(clients: KafkaClients, topic: str, partitions: list[int]) -> dict[int, int]:
-    """{partition: high watermark} of the non-empty ``partitions``, open transactions included."""
-    probe = clients.consumer(
-        f"{topic}.restore-probe-{uuid.uuid4().hex}", **{"isolation.level": "read_uncommitted"}
-    )
-    try:
-        ends: dict[int, int] = {}
-        for p in partitions:
-            low, high = watermarks(probe, topic, p)
-            if high > low:
-                ends[p] = high
-        return ends
-    finally:
-        probe.close()
-
-
-def _read_until(
-    consumer: Consumer,
-    ends: dict[int, int],
-    latest: dict[str, tuple[int, JsonValue]],
-    deadline: float,
-) -> None:
-    pending = dict(ends)
-    while pending:
-        if time.monotonic() > deadline:
-            raise BrokerError(
-                f"changelog restore did not reach the end of partitions {sorted(pending)}"
-            )
-        for record in consumer.consume(1000, timeout=0.2):
-            error = record.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("changelog read error; retrying", error=str(error))
-                continue
-            key = record.key()
-            workflow_id = key.decode() if isinstance(key, bytes) else str(key)
-            value = record.value()
-            if value is None:
-                latest.pop(workflow_id, None)
-            else:
-                latest[workflow_id] = (record.partition() or 0, json.loads(value))
-        # Transaction markers are not delivered as records: positions tell the progress.
-        for tp in consumer.position(consumer.assignment()):
-            if tp.partition in pending and tp.offset >= pending[tp.partition]:
-                del pending[tp.partition]

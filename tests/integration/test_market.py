@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
 
 from fleet.client import FleetClient
 from fleet.codec import Codec, SchemaStore
 from fleet.kafka import KafkaClients
 from fleet.messages import EventKind, MarketOutcome, MarketOutcomeKind, MarketRound
+from fleet.readback import partitions_of, records_to_end
 from fleet.settings import Settings
 from fleet.supervisor import Supervisor, child_env
 from orchestrator.market.ledger import RoundRecord, replay
@@ -96,21 +96,9 @@ def _render(delay_ms: int, **workflow: Any) -> dict[str, Any]:
 def _read(settings: Settings, topic: str) -> list[bytes]:
     """Every committed record of ``topic``, read up to its current end."""
     clients = KafkaClients(settings, settings.bootstrap_servers or "", role="test")
-    consumer = clients.consumer(f"read-{uuid.uuid4().hex}")
-    partitions = clients.admin().list_topics(topic=topic, timeout=10).topics[topic].partitions
-    tps = [TopicPartition(topic, p) for p in partitions]
-    ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-    tps = [tp for tp in tps if ends[tp.partition] > 0]
-    consumer.assign([TopicPartition(topic, tp.partition, 0) for tp in tps])
-    values: list[bytes] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        values += [r.value() or b"" for r in consumer.consume(500, timeout=0.2) if not r.error()]
-        # The position passes transaction markers too, so it reaches the end exactly.
-        if all(tp.offset >= ends[tp.partition] for tp in consumer.position(tps)):
-            break
-    consumer.close()
-    return values
+    partitions = partitions_of(clients, topic)
+    records = records_to_end(clients, topic, partitions, time.monotonic() + 60)
+    return [r.value() or b"" for r in records]
 
 
 def test_contended_gpu_work_runs_within_capacity_pays_and_replays(fleet: Fleet) -> None:
