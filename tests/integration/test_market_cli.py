@@ -9,9 +9,6 @@ The tests share one fleet and run in file order: each leaves the pool idle.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,66 +18,24 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from fleet import market_view
-from fleet.client import FleetClient
 from fleet.kafka import KafkaClients
 from fleet.market_view import PoolView, read_market
 from fleet.messages import EventKind
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor, child_env
 from orchestrator.market.policy import MarketPolicy
+from tests.integration.market_fleet import CREDIT, market_fleet
 from tests.integration.test_workflows import Fleet
 
 pytestmark = pytest.mark.kafka
 
-CREDIT = 1_000_000
-# Bids of 3 credits a unit (the tenant's default max price), reserve 1: a lone bid pays 1.
-POLICY = """
-pools:
-  gpu: {capacity: 2, reserve: 1, lease_ttl_ms: 60000}
-bands: [low, high]
-tenants:
-  default: {bands: [low, high], default_band: low, default_max_price: 3, budget_default: 10}
-default_tenant: default
-round_ms: 100
-"""
 
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
 def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    home = tmp_path_factory.mktemp("market-cli")
-    (home / "market.yaml").write_text(POLICY)
-    settings = Settings.from_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "FLEET_TOPIC_PREFIX": f"mc-{uuid.uuid4().hex[:8]}.",
-            "FLEET_MARKET_FILE": str(home / "market.yaml"),
-        }
-    )
-    applied = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "topics", "apply"],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert applied.returncode == 0, applied.stderr
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        metrics_port = int(sock.getsockname()[1])
-    with Supervisor(settings, home) as supervisor:
-        supervisor.start("orchestrator", ["orchestrator", "--metrics-port", str(metrics_port)])
-        supervisor.start(
-            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "8"]
-        )
-        client = FleetClient(settings, role="test")
-        yield Fleet(settings, client, supervisor, metrics_port)
-        client.close()
-        codes = supervisor.stop_all()
-        logs = {c.name: c.log_tail() for c in supervisor.children}
-        assert codes == {"orchestrator": 0, "worker": 0}, logs
+    with market_fleet(kafka_bootstrap, tmp_path_factory.mktemp("market-cli"), "mc") as running:
+        yield running
 
 
 def _render(*delays_ms: int, **workflow: Any) -> dict[str, Any]:
