@@ -218,15 +218,13 @@ class Auctioneer:
                 )
             )
             out.outcomes.append(
-                MarketOutcome(
-                    kind=MarketOutcomeKind.GRANTED,
-                    resource=book.resource,
-                    bid_id=lease.lease_id,
-                    workflow_id=lease.workflow_id,
-                    task_id=lease.task_id,
-                    lease=grant(book.resource, lease),
+                _outcome(
+                    MarketOutcomeKind.GRANTED,
+                    book.resource,
+                    lease,
+                    reason=None,
                     round_no=record.round_no,
-                    at_ms=now_ms,
+                    now_ms=now_ms,
                 )
             )
         self._announce(book, result.ended, result.lost, now_ms, out, round_no=record.round_no)
@@ -242,33 +240,53 @@ class Auctioneer:
         round_no: int | None = None,
     ) -> None:
         round_no = book.round_no if round_no is None else round_no
+        resource = book.resource
         for lease, ended_why in ended:
             out.outcomes.append(
-                MarketOutcome(
-                    kind=MarketOutcomeKind.ENDED,
-                    resource=book.resource,
-                    bid_id=lease.lease_id,
-                    workflow_id=lease.workflow_id,
-                    task_id=lease.task_id,
-                    lease=grant(book.resource, lease),
+                _outcome(
+                    MarketOutcomeKind.ENDED,
+                    resource,
+                    lease,
                     reason=ended_why.value,
                     round_no=round_no,
-                    at_ms=now_ms,
+                    now_ms=now_ms,
                 )
             )
         for request, why in lost:
             out.outcomes.append(
-                MarketOutcome(
-                    kind=MarketOutcomeKind.LOST,
-                    resource=book.resource,
-                    bid_id=request.bid_id,
-                    workflow_id=request.workflow_id,
-                    task_id=request.task_id,
+                _outcome(
+                    MarketOutcomeKind.LOST,
+                    resource,
+                    request,
                     reason=why.value,
                     round_no=round_no,
-                    at_ms=now_ms,
+                    now_ms=now_ms,
                 )
             )
+
+
+def _outcome(
+    kind: MarketOutcomeKind,
+    resource: str,
+    about: Lease | BidRequest,
+    *,
+    reason: str | None,
+    round_no: int,
+    now_ms: int,
+) -> MarketOutcome:
+    """The answer about a lease (granted, ended) or a bid that lost."""
+    lease = about if isinstance(about, Lease) else None
+    return MarketOutcome(
+        kind=kind,
+        resource=resource,
+        bid_id=about.lease_id if isinstance(about, Lease) else about.bid_id,
+        workflow_id=about.workflow_id,
+        task_id=about.task_id,
+        lease=None if lease is None else grant(resource, lease),
+        reason=reason,
+        round_no=round_no,
+        at_ms=now_ms,
+    )
 
 
 def _set(book: Book, capacity: int) -> bool:
