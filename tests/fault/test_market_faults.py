@@ -58,6 +58,7 @@ from tests.fault.market_workload import (
     write_policy,
 )
 from tests.fault.plan import FaultKind
+from tests.fault.runs import seed, soak_asked
 from tests.fault.summary import FaultSummary
 from workers.examples import app as examples
 from workers.execute import HandlerThreads, execute
@@ -621,10 +622,6 @@ def _report(summary: MarketSummary, capsys: pytest.CaptureFixture[str]) -> None:
         print("\n" + format_market_summary(summary))
 
 
-def _seed(default: int) -> int:
-    return int(os.environ.get("FLEET_FAULT_SEED", default))
-
-
 def _assert_market(summary: MarketSummary, *, kills: int, tasks: int) -> None:
     text = format_market_summary(summary)
     assert summary.ok, text
@@ -645,17 +642,10 @@ def _assert_market(summary: MarketSummary, *, kills: int, tasks: int) -> None:
 def test_market_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """~300 contended hold tasks on pools of 1 to 4 units; 4 orchestrators killed with
     kill -9 and restarted. CI runs this one."""
-    config = FaultConfig.market_short(seed=_seed(17), run_dir=tmp_path / "run")
+    config = FaultConfig.market_short(seed=seed(17), run_dir=tmp_path / "run")
     summary = run_market(config)
     _report(summary, capsys)
     _assert_market(summary, kills=3, tasks=250)
-
-
-def _soak_asked(config: pytest.Config) -> bool:
-    expression = str(config.getoption("markexpr") or "")
-    return os.environ.get("FLEET_FAULT_SOAK") == "1" or bool(
-        re.search(r"(?<!not )\bslow\b", expression)
-    )
 
 
 @pytest.mark.fault
@@ -665,8 +655,8 @@ def test_market_fault_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """Issue 4's run: over 1,000 contended tasks, orchestrators killed at random."""
-    if not _soak_asked(request.config):
+    if not soak_asked(request.config):
         pytest.skip("the market run runs with -m slow or FLEET_FAULT_SOAK=1 (or the driver)")
-    summary = run_market(FaultConfig.market_full(seed=_seed(1), run_dir=tmp_path / "run"))
+    summary = run_market(FaultConfig.market_full(seed=seed(1), run_dir=tmp_path / "run"))
     _report(summary, capsys)
     _assert_market(summary, kills=10, tasks=1000)
