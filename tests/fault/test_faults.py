@@ -40,6 +40,7 @@ from fleet.settings import Settings
 from fleet.topology import Topics, Topology
 from orchestrator.engine import Engine
 from orchestrator.spec import parse_spec
+from tests.fault import runs
 from tests.fault.broker import replicated_topology
 from tests.fault.checker import SeenEvent, SeenLetter, canonical, check_run
 from tests.fault.config import FaultConfig
@@ -47,7 +48,6 @@ from tests.fault.driver import run_faults
 from tests.fault.garbage import ACCEPTS, Garbage, GarbageKind, garbage_round, garbage_value
 from tests.fault.plan import FaultKind, plan_faults
 from tests.fault.recovery import FaultRecord, recovery_times
-from tests.fault.runs import seed, soak_asked
 from tests.fault.summary import FaultSummary, format_summary
 from tests.fault.workload import (
     MAX_FAN_OUT,
@@ -576,7 +576,7 @@ def _report(summary: FaultSummary, capsys: pytest.CaptureFixture[str]) -> None:
 def test_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """~200 workflows; orchestrators and workers killed, one paused, the broker restarted,
     one garbage round. CI runs this one."""
-    config = FaultConfig.short(seed=seed(11), run_dir=tmp_path / "run")
+    config = FaultConfig.short(seed=runs.seed(11), run_dir=tmp_path / "run")
     summary = run_faults(config)
     _report(summary, capsys)
     assert summary.ok, format_summary(summary)
@@ -596,7 +596,7 @@ def test_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_three_broker_cluster_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """~300 workflows on three brokers (replication 3, min ISR 2); one node killed with
     kill -9 mid-run and started again; orchestrators and workers killed too."""
-    config = FaultConfig.cluster(seed=seed(13), run_dir=tmp_path / "run")
+    config = FaultConfig.cluster(seed=runs.seed(13), run_dir=tmp_path / "run")
     summary = run_faults(config)
     _report(summary, capsys)
     assert summary.ok, format_summary(summary)
@@ -613,9 +613,9 @@ def test_fault_soak(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """Issue 3's run: 1,000 workflows under every fault, the broker restart included."""
-    if not soak_asked(request.config):
+    if not runs.soak_asked(request.config):
         pytest.skip("the soak runs with -m slow or FLEET_FAULT_SOAK=1 (or scripts/faults)")
-    summary = run_faults(FaultConfig.soak(seed=seed(1), run_dir=tmp_path / "run"))
+    summary = run_faults(FaultConfig.soak(seed=runs.seed(1), run_dir=tmp_path / "run"))
     _report(summary, capsys)
     assert summary.ok, format_summary(summary)
     assert (summary.duplicates, summary.lost) == (0, 0)

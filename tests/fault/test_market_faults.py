@@ -41,6 +41,7 @@ from orchestrator.market.ledger import GENESIS, RoundRecord, clear_round
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.spec import check_market as policy_problems
 from orchestrator.spec import parse_spec
+from tests.fault import runs
 from tests.fault.checker import SeenEvent
 from tests.fault.config import FaultConfig
 from tests.fault.driver import run_market
@@ -58,7 +59,6 @@ from tests.fault.market_workload import (
     write_policy,
 )
 from tests.fault.plan import FaultKind
-from tests.fault.runs import seed, soak_asked
 from tests.fault.summary import FaultSummary
 from workers.examples import app as examples
 from workers.execute import HandlerThreads, execute
@@ -642,7 +642,7 @@ def _assert_market(summary: MarketSummary, *, kills: int, tasks: int) -> None:
 def test_market_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """~300 contended hold tasks on pools of 1 to 4 units; 4 orchestrators killed with
     kill -9 and restarted. CI runs this one."""
-    config = FaultConfig.market_short(seed=seed(17), run_dir=tmp_path / "run")
+    config = FaultConfig.market_short(seed=runs.seed(17), run_dir=tmp_path / "run")
     summary = run_market(config)
     _report(summary, capsys)
     _assert_market(summary, kills=3, tasks=250)
@@ -655,8 +655,8 @@ def test_market_fault_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """Issue 4's run: over 1,000 contended tasks, orchestrators killed at random."""
-    if not soak_asked(request.config):
+    if not runs.soak_asked(request.config):
         pytest.skip("the market run runs with -m slow or FLEET_FAULT_SOAK=1 (or the driver)")
-    summary = run_market(FaultConfig.market_full(seed=seed(1), run_dir=tmp_path / "run"))
+    summary = run_market(FaultConfig.market_full(seed=runs.seed(1), run_dir=tmp_path / "run"))
     _report(summary, capsys)
     _assert_market(summary, kills=10, tasks=1000)
