@@ -6,6 +6,7 @@ COPY schemas ./schemas
 COPY fleet ./fleet
 COPY orchestrator ./orchestrator
 COPY workers ./workers
+COPY fleetctl ./fleetctl
 RUN pip install --no-cache-dir . && useradd --system fleet
 USER fleet
 ENV FLEET_LOG_FORMAT=json

@@ -1,4 +1,5 @@
-"""Shared plumbing of the fleet control plane: settings, codec, Kafka clients and the CLI."""
+"""The kernel: contracts and plumbing every process shares (settings, errors, messages,
+codec, topology, Kafka clients). It imports nothing else of ours."""
 
 from fleet.errors import FleetError
 from fleet.settings import Settings

@@ -115,6 +115,16 @@ class Settings(BaseModel):
             )
         return settings
 
+    def require_bootstrap(self) -> str:
+        """The broker to connect to. Resolved once at the entry point (the `fleet` command
+        finds a running local broker there); a process never looks for one itself."""
+        if not self.bootstrap_servers:
+            raise ConfigError(
+                "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, or start the local one with "
+                "`fleet kafka start`"
+            )
+        return self.bootstrap_servers
+
     def with_bootstrap(self, bootstrap_servers: str) -> Settings:
         return self.model_copy(update={"bootstrap_servers": bootstrap_servers})
 

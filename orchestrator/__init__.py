@@ -1,7 +1,7 @@
 """The control plane's pure core: workflow specs, ``$.`` references and the engine
 (with its timers and the changelog records of its state).
 
-The Kafka shell (``orchestrator.service``) feeds the :class:`Engine` and produces the
+The Kafka shell (``orchestrator.shell.service``) feeds the :class:`Engine` and produces the
 :class:`Effects` it returns; nothing here touches a broker.
 """
 

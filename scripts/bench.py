@@ -39,13 +39,13 @@ from bench_common import PARTITIONS, clients, fresh_topics
 from bench_recovery import print_recovery, run_recovery
 from bench_runs import collect, paced_relay_latency, relay, run_baseline, run_platform
 
-from fleet.localkafka import LocalKafka
 from fleet.logs import configure_logging
 from fleet.messages import WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.topology import Topics
-from orchestrator import changelog
+from fleetctl.localkafka import LocalKafka
 from orchestrator.engine import Engine
+from orchestrator.shell import changelog
 
 SECTIONS = ("platform", "transactions", "recovery", "restore")
 DEFAULT_SECTIONS = SECTIONS[:3]

@@ -18,12 +18,13 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from pydantic import JsonValue
 
-from fleet.client import FleetClient
-from fleet.kafka import KafkaClients, resolve_bootstrap, watermarks
+from fleet.kafka import KafkaClients, watermarks
+from fleet.kafka.client import FleetClient
+from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.messages import WorkflowEvent
 from fleet.settings import Settings
-from fleet.supervisor import child_env
-from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from fleet.topology import Topics, Topology
+from fleetctl.supervisor import child_env
 
 PARTITIONS = 6
 BENCH = Path(__file__).with_name("bench.py")
@@ -31,7 +32,7 @@ NOOP: JsonValue = {"name": "bench", "steps": [{"id": "a", "capability": "noop", 
 
 
 def clients(settings: Settings, role: str) -> KafkaClients:
-    return KafkaClients(settings, resolve_bootstrap(settings), role=role)
+    return KafkaClients(settings, settings.require_bootstrap(), role=role)
 
 
 def spawn(

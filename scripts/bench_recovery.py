@@ -30,10 +30,10 @@ from bench_common import (
     spawn,
 )
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor
 from fleet.topology import Topics
+from fleetctl.supervisor import Supervisor
 
 KILL_AT_S = 8.0  # steady load for this long first; its last REFERENCE_S set what is normal
 REFERENCE_S = 5.0

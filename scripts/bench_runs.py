@@ -26,11 +26,11 @@ from bench_common import (
 )
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.messages import WorkflowEvent
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor
 from fleet.topology import Topics
+from fleetctl.supervisor import Supervisor
 
 COLLECT_TIMEOUT_S = 180
 

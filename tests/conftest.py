@@ -14,22 +14,33 @@ import re
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from fleet.localkafka import LocalKafka
 from fleet.settings import Settings
+from fleetctl.localkafka import LocalKafka
 
 # Confluent Platform 8.1 is Apache Kafka 4.1, which has share groups (KIP-932) as a preview;
 # testcontainers' KafkaContainer drives the cp-kafka image's own start scripts.
 _DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:8.1.0"
 
 
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A unit test that pulls in the broker would make `-m unit` need Java or Docker.
     for item in items:
+        # Every test under tests/unit/ says so: an unmarked one is silently skipped by
+        # `-m unit` (the market's property tests were, before this check).
+        if item.path.is_relative_to(UNIT_DIR) and item.get_closest_marker("unit") is None:
+            raise pytest.UsageError(
+                f"{item.nodeid} is under tests/unit/ but not marked unit; add "
+                "`pytestmark = pytest.mark.unit` to its module"
+            )
+        # A unit test that pulls in the broker would make `-m unit` need Java or Docker.
         uses_broker = "kafka_bootstrap" in getattr(item, "fixturenames", ())
         if uses_broker and item.get_closest_marker("unit") is not None:
             raise pytest.UsageError(

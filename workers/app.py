@@ -2,7 +2,7 @@
 
 Registration decides once how each handler is called (sync or async, with or without a
 :class:`TaskContext`); :func:`load_app` finds the app that ``fleet worker --app`` names.
-How one task runs is :mod:`workers.execute`; the Kafka shell is :mod:`workers.worker`.
+How one task runs is :mod:`workers.execute`; the Kafka shell is :mod:`workers.shell.worker`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``execute`` is the pure core of a worker: one :class:`TaskAssigned` and its handler in,
 one :class:`TaskResult` out, whatever the handler does (returns, raises, hangs or
-returns something that is not JSON). The Kafka shell in :mod:`workers.worker` only
+returns something that is not JSON). The Kafka shell in :mod:`workers.shell.worker` only
 feeds it tasks and produces what it returns. Every handler runs as a task of the one
 asyncio loop of :class:`HandlerLoop` (sync handlers in :class:`HandlerThreads`): this
 module is the only one of the worker that touches asyncio.

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from fleet.errors import FleetError
-from fleet.localkafka import LocalKafka
+from fleetctl.localkafka import LocalKafka
 from tests.fault.log import DriverLog
 
 EXTERNAL = "KAFKA_BOOTSTRAP_SERVERS names an external cluster; the driver cannot"

@@ -1,6 +1,6 @@
 """The fault driver: a real fleet under kill -9, SIGSTOP, broker faults and garbage.
 
-It starts its own broker (``fleet.localkafka``, or uses ``KAFKA_BOOTSTRAP_SERVERS``), a
+It starts its own broker (``fleetctl.localkafka``, or uses ``KAFKA_BOOTSTRAP_SERVERS``), a
 unique topic namespace, N orchestrators and M worker processes, submits a seeded mix of
 workflows at a bounded rate while a seeded fault schedule runs, then reads every workflow
 event, task and dead letter back from the beginning (read_committed) and checks DESIGN §4

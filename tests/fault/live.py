@@ -14,15 +14,16 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.client import FleetClient
 from fleet.codec import Codec
 from fleet.errors import DecodeError, FleetError
 from fleet.kafka import KafkaClients
-from fleet.localkafka import LocalKafka
+from fleet.kafka.client import FleetClient
+from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.messages import DeadLetter, TaskAssigned, WorkflowEvent
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor
-from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from fleet.topology import Topics, Topology
+from fleetctl.localkafka import LocalKafka
+from fleetctl.supervisor import Supervisor
 from tests.fault.broker import Broker, write_replicated_topology
 from tests.fault.checker import SeenEvent, SeenLetter, check_run
 from tests.fault.config import WORKER_APP, FaultConfig

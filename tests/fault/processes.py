@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from fleet.errors import FleetError
 from fleet.settings import Settings
-from fleet.supervisor import Child, Supervisor, child_env
+from fleetctl.supervisor import Child, Supervisor, child_env
 from tests.fault.config import WORKER_APP, FaultConfig
 from tests.fault.log import DriverLog
 
@@ -164,7 +164,7 @@ class Processes:
 # start-up. So the driver asks from a child process, and asks again if that one aborts.
 _WAIT_FOR_POOLS = """
 import os, sys
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.settings import Settings
 client = FleetClient(Settings.from_env(os.environ), role="fault-pools")
 client.wait_for_pools(sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3]))

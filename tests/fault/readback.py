@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from fleet.kafka import KafkaClients
-from fleet.readback import ReadIncomplete, partitions_of, records_to_end
+from fleet.kafka.readback import ReadIncomplete, partitions_of, records_to_end
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class RawRecord:
 
 def read_topic(clients: KafkaClients, topic: str, timeout_s: float) -> tuple[list[RawRecord], bool]:
     """Every committed record of ``topic`` up to its high watermark at the start
-    (fleet.readback), and whether the end was reached before the deadline."""
+    (fleet.kafka.readback), and whether the end was reached before the deadline."""
     records: list[RawRecord] = []
     deadline = time.monotonic() + timeout_s
     try:

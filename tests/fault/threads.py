@@ -10,8 +10,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from fleet.client import FleetClient
 from fleet.errors import DecodeError, FleetError
+from fleet.kafka.client import FleetClient
 from fleet.messages import WorkflowEvent
 from tests.fault.broker import Broker
 from tests.fault.config import FaultConfig

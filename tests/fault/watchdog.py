@@ -30,7 +30,7 @@ def ours():
         if not entry.isdigit() or int(entry) in (os.getpid(), driver):
             continue
         cmd = read(entry, "cmdline")
-        if "fleet.cli" in cmd and f"FLEET_TOPIC_PREFIX={prefix}\0" in read(entry, "environ"):
+        if "fleetctl.cli" in cmd and f"FLEET_TOPIC_PREFIX={prefix}\0" in read(entry, "environ"):
             found.append(int(entry))
         elif any(f"-Dfleet.run.dir={run_dir}{end}" in cmd for end in ("\0", "/node-")):
             found.append(int(entry))

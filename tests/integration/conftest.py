@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor
+from fleetctl.supervisor import Supervisor
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor, child_env
+from fleetctl.supervisor import Supervisor, child_env
 from tests.integration.test_workflows import Fleet
 
 CREDIT = 1_000_000
@@ -41,7 +41,7 @@ def market_fleet(kafka_bootstrap: str, home: Path, prefix: str) -> Iterator[Flee
         }
     )
     applied = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "topics", "apply"],
+        [sys.executable, "-m", "fleetctl.cli", "topics", "apply"],
         env=child_env(settings),
         capture_output=True,
         text=True,

@@ -13,8 +13,8 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from fleet.kafka import KafkaClients
-from fleet.localkafka import LocalKafka
 from fleet.settings import Settings
+from fleetctl.localkafka import LocalKafka
 
 pytestmark = pytest.mark.kafka
 

@@ -10,9 +10,10 @@ from confluent_kafka import Producer, TopicPartition
 from pydantic import JsonValue
 
 from fleet.kafka import KafkaClients
+from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.settings import Settings
-from fleet.topology import Topics, Topology, apply_topics, desired_topics
-from orchestrator import changelog
+from fleet.topology import Topics, Topology
+from orchestrator.shell import changelog
 
 pytestmark = pytest.mark.kafka
 

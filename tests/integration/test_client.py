@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from fleet.client import FleetClient
 from fleet.errors import BrokerError
+from fleet.kafka.client import FleetClient
+from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.settings import Settings
-from fleet.topology import Topology, apply_topics, desired_topics
+from fleet.topology import Topology
 
 pytestmark = pytest.mark.kafka
 

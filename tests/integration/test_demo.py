@@ -14,18 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from fleet.demo import run_workload
-from fleet.demo_market import (
-    BURST_BANDS,
-    CONTENDED,
-    POOL,
-    Contender,
-    MarketSummary,
-    build_burst,
-    format_market_summary,
-    max_concurrent,
-    summarize_market,
-)
 from fleet.errors import ConfigError
 from fleet.messages import (
     EventKind,
@@ -37,6 +25,18 @@ from fleet.messages import (
     WorkflowEvent,
 )
 from fleet.settings import Settings
+from fleetctl.demo import run_workload
+from fleetctl.demo_market import (
+    BURST_BANDS,
+    CONTENDED,
+    POOL,
+    Contender,
+    MarketSummary,
+    build_burst,
+    format_market_summary,
+    max_concurrent,
+    summarize_market,
+)
 from orchestrator.market.clearing import Bid
 from orchestrator.market.ledger import GENESIS, RoundRecord, clear_round
 from orchestrator.market.policy import MarketPolicy

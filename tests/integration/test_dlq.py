@@ -1,7 +1,7 @@
 """Dead letters and cancellation on a real broker, through the real ``fleet`` command.
 
 Dead letters are made the way consumers make them: records produced onto a topic, consumed
-back, failed to decode and handed to ``fleet.deadletter.DeadLetters``. Nothing consumes the
+back, failed to decode and handed to ``fleet.kafka.deadletter.DeadLetters``. Nothing consumes the
 source topics here, so every re-injected record stays there to be counted and compared.
 """
 
@@ -18,15 +18,16 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from fleet.client import FleetClient
-from fleet.deadletter import DeadLetters
-from fleet.dlq import REDRIVEN, REDRIVEN_FROM, DeadLetterOffice, LetterFilter, Marker
 from fleet.errors import DecodeError
 from fleet.kafka import record_headers
+from fleet.kafka.client import FleetClient
+from fleet.kafka.deadletter import DeadLetters
+from fleet.kafka.topics import apply_topics
 from fleet.messages import TaskAssigned, WorkflowCancelRequested, WorkflowSubmitted
 from fleet.settings import Settings
-from fleet.supervisor import child_env
-from fleet.topology import TopicSpec, Topology, apply_topics
+from fleet.topology import TopicSpec, Topology
+from fleetctl.dlq import REDRIVEN, REDRIVEN_FROM, DeadLetterOffice, LetterFilter, Marker
+from fleetctl.supervisor import child_env
 
 pytestmark = pytest.mark.kafka
 
@@ -41,7 +42,7 @@ class Env:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "fleet.cli", *args],
+            [sys.executable, "-m", "fleetctl.cli", *args],
             env=child_env(self.settings),
             capture_output=True,
             text=True,
@@ -128,7 +129,7 @@ def env(kafka_bootstrap: str) -> Iterator[Env]:
         }
     )
     applied = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "topics", "apply"],
+        [sys.executable, "-m", "fleetctl.cli", "topics", "apply"],
         env=child_env(settings),
         capture_output=True,
         text=True,

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.messages import EventKind
 from fleet.settings import Settings
-from fleet.supervisor import Child, Supervisor
+from fleetctl.supervisor import Child, Supervisor
 from tests.integration.test_recovery import (
     assert_exactly_once,
     chain,

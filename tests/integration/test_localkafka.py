@@ -18,8 +18,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleet.errors import LocalKafkaError
-from fleet.localkafka import LocalKafka, _layout, _server_properties
 from fleet.settings import Settings
+from fleetctl.localkafka import LocalKafka, _layout, _server_properties
 
 
 def _local(run_dir: Path, nodes: int = 1, **update: object) -> LocalKafka:

@@ -15,8 +15,8 @@ import pytest
 
 from fleet.codec import Codec, SchemaStore
 from fleet.kafka import KafkaClients
+from fleet.kafka.readback import partitions_of, records_to_end
 from fleet.messages import EventKind, MarketOutcome, MarketOutcomeKind, MarketRound
-from fleet.readback import partitions_of, records_to_end
 from fleet.settings import Settings
 from orchestrator.market.ledger import RoundRecord, replay
 from tests.integration.market_fleet import CREDIT, market_fleet

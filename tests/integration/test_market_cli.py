@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import TopicPartition
 
-from fleet import market_view
 from fleet.kafka import KafkaClients
-from fleet.market_view import PoolView, read_market
 from fleet.messages import EventKind
 from fleet.settings import Settings
+from fleetctl import market_view
+from fleetctl.market_view import PoolView, read_market
 from orchestrator.market.policy import MarketPolicy
 from tests.integration.market_fleet import CREDIT, market_fleet
 from tests.integration.test_workflows import Fleet

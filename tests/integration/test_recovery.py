@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
-from fleet.supervisor import Child, Supervisor
+from fleetctl.supervisor import Child, Supervisor
 
 pytestmark = pytest.mark.kafka
 

@@ -4,8 +4,9 @@ import pytest
 from confluent_kafka.admin import NewTopic
 
 from fleet.kafka import KafkaClients
+from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.settings import Settings
-from fleet.topology import Topics, Topology, apply_topics, desired_topics
+from fleet.topology import Topics, Topology
 
 pytestmark = pytest.mark.kafka
 

@@ -28,9 +28,9 @@ from fleet.codec import Codec, SchemaStore
 from fleet.kafka import ATTEMPT, TRACEPARENT, KafkaClients
 from fleet.messages import DeadLetter, TaskAssigned, TaskResult, TaskStatus
 from fleet.settings import Settings
-from fleet.supervisor import Child, Supervisor
 from fleet.topology import Topics
 from fleet.tracing import new_traceparent, trace_id
+from fleetctl.supervisor import Child, Supervisor
 
 pytestmark = pytest.mark.kafka
 

@@ -20,7 +20,7 @@ import pytest
 
 from fleet.messages import LeaseGrant, TaskAssigned, TaskStatus
 from fleet.settings import Settings
-from fleet.supervisor import Child, Supervisor
+from fleetctl.supervisor import Child, Supervisor
 from tests.integration.test_worker import ROOT, Harness, log_lines, wait_for_log
 from workers import App, PermanentError, TaskContext
 from workers.leases import LeaseGuard

@@ -17,10 +17,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.client import FleetClient
+from fleet.kafka.client import FleetClient
 from fleet.messages import DeadLetter, EventKind, WorkflowEvent
 from fleet.settings import Settings
-from fleet.supervisor import Supervisor, child_env
+from fleetctl.supervisor import Supervisor, child_env
 
 pytestmark = pytest.mark.kafka
 
@@ -73,7 +73,7 @@ class Fleet:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "fleet.cli", *args],
+            [sys.executable, "-m", "fleetctl.cli", *args],
             env=child_env(self.settings),
             capture_output=True,
             text=True,
@@ -92,7 +92,7 @@ def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     log_dir = tmp_path_factory.mktemp("fleet-logs")
     applied = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "topics", "apply"],
+        [sys.executable, "-m", "fleetctl.cli", "topics", "apply"],
         env=child_env(settings),
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.cli import build_parser
+from fleetctl.cli import build_parser
 from workers.app import load_app
 
 pytestmark = pytest.mark.unit

@@ -1,0 +1,278 @@
+"""Kafka client factory and the small pieces of plumbing every process shares.
+
+librdkafka dicts stop here: the rest of the code asks for a producer, a consumer or an
+admin client by purpose and gets one configured for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from tenacity import (
+    RetryError,
+    retry,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from fleet.codec import CONTENT_TYPE
+from fleet.errors import BrokerError, FleetError
+from fleet.messages import Message as FleetMessage
+from fleet.settings import Settings
+
+log = structlog.get_logger()
+
+Headers = list[tuple[str, bytes]]
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+TRACEPARENT = "traceparent"
+ATTEMPT = "fleet-attempt"
+
+
+def client_id(role: str) -> str:
+    return f"fleet-{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+class KafkaClients:
+    """Builds clients for one bootstrap address with the product's defaults."""
+
+    def __init__(self, settings: Settings, bootstrap: str, role: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.role = role
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": client_id(self.role),
+            "socket.nagle.disable": True,
+            "error_cb": _log_client_error,
+            "logger": _LIBRDKAFKA_LOG,
+            # librdkafka's default "rebootstrap" decommissions every known broker once all
+            # are down (one broker restarting is enough); a decommissioned broker left as
+            # cached group coordinator makes send_offsets_to_transaction() hang past its
+            # own timeout (librdkafka#5511, open in 2.16; reproduced here with a single
+            # broker restart). "none" keeps the brokers and reconnects to them.
+            "metadata.recovery.strategy": "none",
+            **self.settings.client_config,
+        }
+
+    def producer(self, **overrides: Any) -> Producer:
+        config = {
+            **self._base(),
+            # Idempotence: librdkafka's own retries never duplicate or reorder a record.
+            "enable.idempotence": True,
+            "acks": "all",
+            # A few ms of batching: linger 0 floods the broker with tiny requests under load.
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            # The Java clients' partitioner: a workflow's requests, results and state land
+            # on the same partition number whichever client produced them.
+            "partitioner": "murmur2_random",
+            **overrides,
+        }
+        return Producer(config)
+
+    def consumer(self, group_id: str, **overrides: Any) -> Consumer:
+        config = {
+            **self._base(),
+            "group.id": group_id,
+            # Offsets are committed by the code, only after the effect of a record is durable.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Only ever see committed transactional output (orchestrator writes in transactions).
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            **overrides,
+        }
+        return Consumer(config)
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self._base())
+
+    def ready_admin(self) -> AdminClient:
+        """An admin client, once the cluster answers (within the connect timeout)."""
+        admin = self.admin()
+        wait_for_broker(admin, self.settings.connect_timeout_s, where=self.bootstrap)
+        return admin
+
+
+class _ToStructlog(logging.Handler):
+    """librdkafka's own log lines, as structured log events instead of raw stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(record.levelno, record.getMessage(), source="librdkafka")
+
+
+_LIBRDKAFKA_LOG = logging.getLogger("fleet.librdkafka")
+_LIBRDKAFKA_LOG.addHandler(_ToStructlog())
+_LIBRDKAFKA_LOG.propagate = False
+
+
+def _log_client_error(err: KafkaError) -> None:
+    if err.fatal():
+        log.error("kafka client fatal error; the process must restart", error=str(err))
+    else:
+        # librdkafka retries transient errors itself; this says what it is doing.
+        log.warning("kafka client error; librdkafka retries", error=str(err))
+
+
+def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0, where: str = "") -> None:
+    """Block until the cluster answers a metadata request, retrying with backoff."""
+
+    @retry(
+        retry=retry_if_exception_type(KafkaException),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        stop=stop_after_delay(timeout_s),
+        before_sleep=lambda state: log.info(
+            "broker not answering yet; retrying", attempt=state.attempt_number, where=where
+        ),
+    )
+    def _probe() -> None:
+        admin.list_topics(timeout=min(5.0, timeout_s))
+
+    try:
+        _probe()
+    except RetryError as exc:
+        raise BrokerError(
+            f"Kafka {where or 'cluster'} did not answer within {timeout_s:g} s "
+            f"({exc.last_attempt.exception()}); check KAFKA_BOOTSTRAP_SERVERS or "
+            "`fleet kafka status`"
+        ) from exc
+
+
+T = TypeVar("T")
+
+
+# Errors that pass on their own (leader elections, a topic still propagating). librdkafka
+# does not always set retriable() on errors it returns from synchronous calls.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def _retriable(exc: BaseException) -> bool:
+    if isinstance(exc, FleetError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # a BrokerError that wraps a client error: judge that error
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    return bool(error.retriable()) or error.code() in _TRANSIENT
+
+
+def retry_transient(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Run a client call, retrying errors Kafka marks retriable (no leader yet, and so on)."""
+    retrying = retry(
+        retry=retry_if_exception(_retriable),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(timeout_s),
+        reraise=True,
+    )
+    return retrying(call)()
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """A partition's (low, high) offsets, fresh from the broker, transient errors retried."""
+
+    def ask() -> tuple[int, int]:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+        return int(low), int(high)
+
+    return retry_transient(ask)
+
+
+def headers_for(
+    message: FleetMessage, traceparent: str | None, attempt: int | None = None
+) -> Headers:
+    headers: Headers = [("content-type", f"{CONTENT_TYPE}; schema={message.schema_name}".encode())]
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
+    if attempt is not None:
+        headers.append((ATTEMPT, str(attempt).encode()))
+    return headers
+
+
+def record_headers(record: Message) -> list[tuple[str, bytes | None]]:
+    """A consumed record's headers as (name, bytes) pairs, whatever form the client gives."""
+    raw = record.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+
+
+def header(record: Message, name: str) -> str | None:
+    for key, value in record_headers(record):
+        if key == name and value is not None:
+            return value.decode(errors="replace")
+    return None
+
+
+def _serve_callbacks(producer: Producer) -> None:
+    producer.poll(0.1)
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    *,
+    key: str | bytes | None,
+    headers: Sequence[tuple[str, bytes]] = (),
+    on_delivery: DeliveryCallback | None = None,
+    attempts: int = 50,
+) -> None:
+    """Enqueue one record; when the local queue is full, serve callbacks and try again."""
+    try:
+        # The common case, kept off tenacity's machinery (a hot path: every record).
+        producer.produce(
+            topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+        )
+        return
+    except BufferError:
+        pass
+
+    @retry(
+        retry=retry_if_exception_type(BufferError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.01, max=0.5),
+        before_sleep=lambda _: _serve_callbacks(producer),
+        reraise=True,
+    )
+    def _produce() -> None:
+        producer.produce(
+            topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+        )
+
+    try:
+        _produce()
+    except BufferError as exc:
+        raise BrokerError(
+            f"producer queue to {topic} stayed full after {attempts} tries; is the broker down?"
+        ) from exc

@@ -1,0 +1,67 @@
+"""The CLI's error paths: one clear line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+VALID = "name: ok\nsteps:\n  - id: a\n    capability: noop\n"
+
+
+def _fleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetctl.cli", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed once we leave: nothing listens there
+
+
+def test_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text(VALID)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}", "FLEET_CONNECT_TIMEOUT": "2"}
+    done = _fleet("submit", str(spec), env=env)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fleet:")]
+    assert len(errors) == 1
+    assert "did not answer within 2 s" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_no_broker_at_all_says_how_to_get_one(tmp_path: Path) -> None:
+    done = _fleet("tail", env={"FLEET_KAFKA_HOME": str(tmp_path / "nothing-here")})
+    assert done.returncode == 2
+    assert "set KAFKA_BOOTSTRAP_SERVERS, or start the local one with `fleet kafka start`" in (
+        done.stderr
+    )
+
+
+def test_unreadable_spec_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = _fleet("submit", str(tmp_path / "missing.yaml"), env={})
+    assert done.returncode == 2
+    assert done.stderr.startswith("fleet: invalid workflow:")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_invalid_spec_is_refused_before_any_broker_is_needed(tmp_path: Path) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text("name: x\nsteps:\n  - id: a\n    capability: noop\n    needs: [b]\n")
+    done = _fleet("submit", str(spec), env={"FLEET_KAFKA_HOME": str(tmp_path / "none")})
+    assert done.returncode == 2
+    assert "fleet: invalid workflow:" in done.stderr and "'b'" in done.stderr
