@@ -298,9 +298,7 @@ class DeadLetterOffice:
                 raise ConfigError(
                     f"topic {self.markers_topic} does not exist; run `fleet topics apply`"
                 )
-            producer = self.clients.producer(
-                **{"transactional.id": self.transactional_id, "retry.backoff.ms": 20}
-            )
+            producer = self.clients.transactional_producer(self.transactional_id)
             # Before reading markers: completes or aborts an earlier run's open transaction.
             self._call(producer.init_transactions, 60)
         done = self.markers()
@@ -393,11 +391,7 @@ class DeadLetterOffice:
 
     def _consumer(self) -> Consumer:
         # read_committed (the default): aborted dead letters and redrives do not count.
-        # A short fetch wait: the end of a partition is known one empty fetch sooner.
-        return self.clients.consumer(
-            f"fleet-dlq-reader-{uuid.uuid4().hex}",
-            **{"enable.partition.eof": True, "fetch.wait.max.ms": 50},
-        )
+        return self.clients.scan_consumer(f"fleet-dlq-reader-{uuid.uuid4().hex}")
 
     def _read(self, topic: str) -> Iterator[Message]:
         consumer = self._consumer()

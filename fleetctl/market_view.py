@@ -265,11 +265,7 @@ class _Reader:
         self.timeout_s = timeout_s
         # read_committed (the product's default): aborted rounds and snapshots never show.
         self.consumer = self.clients.consumer(f"fleet-market-{uuid.uuid4().hex}")
-        # The high watermark is asked read_uncommitted: a read_committed consumer reports
-        # the last stable offset, short of an open transaction and all committed after it.
-        self.probe = self.clients.consumer(
-            f"fleet-market-probe-{uuid.uuid4().hex}", **{"isolation.level": "read_uncommitted"}
-        )
+        self.probe = self.clients.probe_consumer(f"fleet-market-probe-{uuid.uuid4().hex}")
 
     def close(self) -> None:
         self.consumer.close()

@@ -5,7 +5,7 @@ per resource and admits each lease before use. The auctioneer's tokens ``(epoch,
 only grow for a resource, so a lease whose token is below one already seen for a unit
 was displaced: its holder may be a zombie (a handler the worker stopped waiting for, a
 redelivered old attempt) while the unit belongs to someone else. Refusing it here is
-what makes the auctioneer's decision hold at the resource (MARKET.md, S7).
+what makes the auctioneer's decision hold at the resource (docs/market.md, S7).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from fleet.kafka.clients import (
     watermarks,
 )
 from fleet.kafka.deadletter import DeadLetters
+from fleet.kafka.follow import TopicReader
 from fleet.kafka.readback import ReadIncomplete, end_offsets, partitions_of, records_to_end
-from fleet.kafka.reader import TopicReader
 from fleet.kafka.topics import CapabilityCheck, TopicReport, apply_topics, desired_topics
 
 __all__ = [

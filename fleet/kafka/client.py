@@ -23,7 +23,7 @@ from fleet.kafka.clients import (
     produce,
     watermarks,
 )
-from fleet.kafka.reader import TopicReader
+from fleet.kafka.follow import TopicReader
 from fleet.kafka.topics import CapabilityCheck
 from fleet.messages import (
     BudgetTopUpRequested,
@@ -250,7 +250,7 @@ class FleetClient:
 
         Starting offsets are read explicitly (not OFFSET_END, which librdkafka resolves
         lazily) so nothing produced after this call returns can be missed. The reader
-        reopens itself if librdkafka stops fetching (see fleet.kafka.reader).
+        reopens itself if librdkafka stops fetching (see fleet.kafka.follow).
         """
         name = self.topics.events
         group = f"fleet-reader-{uuid.uuid4().hex}"

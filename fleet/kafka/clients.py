@@ -105,6 +105,62 @@ class KafkaClients:
         }
         return Consumer(config)
 
+    # Purpose-named clients: each librdkafka override the product needs lives here, with
+    # the reason for it, instead of in the module that uses it.
+
+    def transactional_producer(self, transactional_id: str) -> Producer:
+        """A producer for read-process-write transactions (the orchestrator, the redrive)."""
+        return self.producer(
+            **{
+                "transactional.id": transactional_id,
+                # CONCURRENT_TRANSACTIONS retries otherwise stall each commit ~100 ms.
+                "retry.backoff.ms": 20,
+                # transaction.timeout.ms stays at librdkafka's 60 s on purpose: a killed
+                # instance's open transaction holds read_committed readers (and the next
+                # owner's restore) that long at most, but with 10 s an orchestrator paused
+                # past it (SIGSTOP 12 s) left a transaction hanging for minutes on Kafka 4.4
+                # with librdkafka 2.16 (fault runs). FLEET_KAFKA_CLIENT_TRANSACTION_TIMEOUT_MS
+                # still sets it.
+            }
+        )
+
+    def reporting_producer(self, on_delivery: DeliveryCallback) -> Producer:
+        """A producer that reports every failed delivery to ``on_delivery`` (and only the
+        failures): for at-least-once output, whose offsets must not pass a lost record."""
+        return self.producer(
+            **{
+                "on_delivery": on_delivery,
+                "delivery.report.only.error": True,
+                "retry.backoff.ms": 20,
+            }
+        )
+
+    def co_partitioned_consumer(self, group_id: str) -> Consumer:
+        """A group member that owns the same partition numbers of every topic it reads."""
+        # Range gives a member the same partition numbers of every co-partitioned topic
+        # (cooperative-sticky does not), so requests[p], results[p] and state[p] always
+        # have one owner.
+        return self.consumer(group_id, **{"partition.assignment.strategy": "range"})
+
+    def task_consumer(self, group_id: str) -> Consumer:
+        """A worker pool member with a small local fetch queue: with a backlog, librdkafka
+        would otherwise prefetch up to 64 MiB per consumer, and memory must follow
+        in-flight work, not topic size."""
+        return self.consumer(
+            group_id, **{"queued.max.messages.kbytes": 2048, "queued.min.messages": 1000}
+        )
+
+    def probe_consumer(self, name: str) -> Consumer:
+        """A consumer only asked for watermarks. read_uncommitted: a read_committed one
+        reports the last stable offset, short of an open transaction and of everything
+        committed after it."""
+        return self.consumer(name, **{"isolation.level": "read_uncommitted"})
+
+    def scan_consumer(self, name: str) -> Consumer:
+        """A read_committed consumer that reads assigned partitions to an end: it reports
+        partition EOF, and a short fetch wait learns of the end one empty fetch sooner."""
+        return self.consumer(name, **{"enable.partition.eof": True, "fetch.wait.max.ms": 50})
+
     def admin(self) -> AdminClient:
         return AdminClient(self._base())
 

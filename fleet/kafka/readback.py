@@ -36,9 +36,7 @@ class ReadIncomplete(BrokerError):  # noqa: N818 - reads as what happened
 def end_offsets(clients: KafkaClients, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     """{partition: high watermark} of the non-empty ``partitions``, open transactions
     included."""
-    probe = clients.consumer(
-        f"{topic}.probe-{uuid.uuid4().hex}", **{"isolation.level": "read_uncommitted"}
-    )
+    probe = clients.probe_consumer(f"{topic}.probe-{uuid.uuid4().hex}")
     try:
         ends: dict[int, int] = {}
         for p in partitions:

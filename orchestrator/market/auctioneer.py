@@ -10,7 +10,7 @@ book from its snapshot and starts a new epoch, so its tokens outrank every earli
 
 Rounds: a book with waiting bids clears every ``round_ms``; a book with live leases is
 looked at as often as its nearest expiry or claim deadline needs. The clock only decides
-when; what a round decides depends on the book alone (MARKET.md).
+when; what a round decides depends on the book alone (docs/market.md).
 """
 
 from __future__ import annotations

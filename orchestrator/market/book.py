@@ -9,7 +9,7 @@ A lease is one bid's award: the units it got, the price, and a fencing token
 larger token than any lease it could displace; whoever guards the resource accepts a
 token only if no larger one has been seen for that unit (workers.leases).
 
-Order inside a round (MARKET.md): leases past expiry + grace end and awards past their
+Order inside a round (docs/market.md): leases past expiry + grace end and awards past their
 claim deadline are taken back (their units are free again), bids past their last round
 resolve as expired, then the rest clears. A bid that arrives while nothing waits and
 its units are free is cleared at once, alone: it pays the reserve.

@@ -10,7 +10,7 @@ Kafka redelivers, so every operation carries an id and is applied at most once: 
 duplicate returns the first outcome and changes nothing. An id names one request; the same
 id with different content is a bug upstream and raises :class:`BudgetError`.
 
-After every operation (MARKET.md S5): spent + held <= limit; spent = sum of settled
+After every operation (docs/market.md S5): spent + held <= limit; spent = sum of settled
 charges; each hold settled at most once; nothing negative. :meth:`Budget.check` says so.
 """
 

@@ -4,7 +4,7 @@ Pure: the outcome is a function of the bids, the free units and the pool's prici
 of the clock or of arrival order (ties go to the earlier offset, then the bid id), so a
 replay of the ledger clears every round the same way.
 
-The rule (DESIGN §7, MARKET.md):
+The rule (DESIGN §7, docs/market.md):
 
 * Ranking is by band first (policy's priority, never the bidder's word), then by score =
   bid + aging credit. The credit grows with the rounds a bid has waited, capped, so a

@@ -104,32 +104,17 @@ class Orchestrator:
         self.exactly_once = settings.orchestrator_guarantee == "exactly_once"
         self.commit_interval_s = settings.orchestrator_commit_interval_ms / 1000
         self.admin = clients.admin()
-        self.consumer: Consumer = clients.consumer(
-            f"{settings.topic_prefix}orchestrator",
-            # Range gives a member the same partition numbers of every co-partitioned
-            # topic (cooperative-sticky does not), so requests[p], results[p] and
-            # state[p] always have one owner.
-            **{"partition.assignment.strategy": "range"},
+        self.consumer: Consumer = clients.co_partitioned_consumer(
+            f"{settings.topic_prefix}orchestrator"
         )
-        delivery: dict[str, object] = {
-            "transactional.id": f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}"
-        }
-        if not self.exactly_once:
+        self.producer: Producer = (
+            clients.transactional_producer(
+                f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}"
+            )
+            if self.exactly_once
             # No commit_transaction to fail for us: a record that could not be delivered
             # is reported here, and the next commit refuses to move the offsets past it.
-            delivery = {"on_delivery": self._delivered, "delivery.report.only.error": True}
-        self.producer: Producer = clients.producer(
-            **{
-                **delivery,
-                # CONCURRENT_TRANSACTIONS retries otherwise stall each commit ~100 ms.
-                "retry.backoff.ms": 20,
-                # transaction.timeout.ms stays at librdkafka's 60 s on purpose: a killed
-                # instance's open transaction holds read_committed readers (and the next
-                # owner's restore) that long at most, but with 10 s an orchestrator paused
-                # past it (SIGSTOP 12 s) left a transaction hanging for minutes on Kafka 4.4
-                # with librdkafka 2.16 (fault runs). FLEET_KAFKA_CLIENT_TRANSACTION_TIMEOUT_MS
-                # still sets it.
-            }
+            else clients.reporting_producer(self._delivered)
         )
         policy = policy or MarketPolicy.empty()
         self.engine = Engine(has_capability=CapabilityCheck(self.admin, self.topics), policy=policy)

@@ -11,7 +11,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleet.kafka import KafkaClients
-from fleet.kafka.reader import TopicReader
+from fleet.kafka.follow import TopicReader
 from fleet.settings import Settings
 
 pytestmark = pytest.mark.kafka

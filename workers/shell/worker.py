@@ -44,9 +44,6 @@ COMMIT_INTERVAL_S = 1.0
 DELIVERY_ATTEMPTS = 3  # produce tries per result before the process gives up
 IDLE_WAIT_MAX_S = 0.02  # longest sleep of an idle loop: bounds pick-up latency
 HOUSEKEEPING_S = 1.0  # when full, poll this often: rebalances, max.poll.interval.ms
-# Small local fetch queues: with a backlog, librdkafka would otherwise prefetch up to
-# 64 MiB per consumer, and memory must follow in-flight work, not topic size.
-CONSUMER_OVERRIDES = {"queued.max.messages.kbytes": 2048, "queued.min.messages": 1000}
 
 
 @dataclass
@@ -105,7 +102,7 @@ class Worker:
             _Source(
                 cap,
                 self.topics.tasks(cap),
-                clients.consumer(f"{settings.topic_prefix}workers.{cap}", **CONSUMER_OVERRIDES),
+                clients.task_consumer(f"{settings.topic_prefix}workers.{cap}"),
             )
             for cap in app.capabilities
         ]

@@ -1,4 +1,4 @@
-"""The clearing rule's properties, checked on generated rounds (MARKET.md, S4)."""
+"""The clearing rule's properties, checked on generated rounds (docs/market.md, S4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A stateful model of one resource's book and its bidders' budgets (MARKET.md S1-S5, S7).
+"""A stateful model of one resource's book and its bidders' budgets (docs/market.md S1-S5, S7).
 
 Hypothesis drives bids, rounds, claims, releases, expiry, revocation, capacity changes,
 top-ups, crashes (the book and the budgets go through their JSON form and the book gets
