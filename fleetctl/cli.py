@@ -38,7 +38,7 @@ from fleetctl.dlq import (
 from fleetctl.localkafka import LocalKafka, resolve_bootstrap
 from fleetctl.market_view import read_market, render
 from orchestrator.market.policy import UNITS_MAX, MarketPolicy, credits_to_micro
-from orchestrator.shell.service import run as run_orchestrator
+from orchestrator.shell.runtime import run as run_orchestrator
 from orchestrator.spec import load_spec_file, parse_spec
 from workers.app import load_app
 from workers.shell.runtime import run as run_worker

@@ -113,7 +113,7 @@ ALL_IMPORTS = [imp for path in _sources() for imp in _imports(path)]
 def test_the_graph_is_read() -> None:
     # A walker that found nothing would pass every rule below.
     assert len(ALL_IMPORTS) > 300
-    assert any(i.module == "orchestrator.shell.service" for i in ALL_IMPORTS)
+    assert any(i.module == "orchestrator.shell.runtime" for i in ALL_IMPORTS)
 
 
 def test_layers_import_only_what_is_below_them() -> None:
@@ -155,7 +155,7 @@ def test_modules_stay_small() -> None:
         ("orchestrator/engine.py", "from fleetctl.cli import main\n", _cross_layer),
         ("workers/app.py", "import confluent_kafka\n", _broker_reach),
         ("orchestrator/engine.py", "from fleet.kafka import KafkaClients\n", _broker_reach),
-        ("orchestrator/engine.py", "from .shell import service\n", _broker_reach),
+        ("orchestrator/engine.py", "from .shell import runtime\n", _broker_reach),
         ("fleet/codec.py", "from confluent_kafka import Producer\n", _broker_reach),
     ],
 )
@@ -166,6 +166,6 @@ def test_each_rule_catches_a_planted_violation(planted_in: str, source: str, rul
 
 
 def test_allowed_imports_pass() -> None:
-    allowed = _imports(ROOT / "fleetctl/cli.py", "from orchestrator.shell import service\n")
-    allowed += _imports(ROOT / "orchestrator/shell/service.py", "import confluent_kafka\n")
+    allowed = _imports(ROOT / "fleetctl/cli.py", "from orchestrator.shell import runtime\n")
+    allowed += _imports(ROOT / "orchestrator/shell/loop.py", "import confluent_kafka\n")
     assert _cross_layer(allowed) == [] and _broker_reach(allowed) == []

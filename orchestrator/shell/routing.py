@@ -1,0 +1,149 @@
+"""Records in and out of the orchestrator: each input topic to its engine call, each effect
+to its topic, and an input that cannot be decoded or handled to the dead letters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from confluent_kafka import Message, Producer
+
+from fleet.codec import Codec
+from fleet.errors import DecodeError
+from fleet.kafka import TRACEPARENT, client_id, header, headers_for, produce
+from fleet.kafka.deadletter import DeadLetters
+from fleet.messages import (
+    BudgetTopUpRequested,
+    MarketOutcome,
+    TaskResult,
+    WorkflowCancelRequested,
+    WorkflowSubmitted,
+)
+from fleet.topology import Topics
+from fleet.tracing import child_of
+from orchestrator.engine import Effects, Engine
+from orchestrator.shell.market import MarketShell
+from orchestrator.shell.metrics import OrchestratorMetrics
+
+log = structlog.get_logger()
+
+# Marks a workflow as this instance's, on the partition of the record that named it.
+Own = Callable[[str, Message], None]
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        market: MarketShell,
+        producer: Producer,
+        codec: Codec,
+        topics: Topics,
+        metrics: OrchestratorMetrics,
+        own: Own,
+    ) -> None:
+        self.engine = engine
+        self.market = market
+        self.producer = producer
+        self.codec = codec
+        self.topics = topics
+        self.metrics = metrics
+        self.own = own
+        self.dead_letters = DeadLetters(
+            producer, codec, topics, consumer=f"orchestrator {client_id('o')}"
+        )
+
+    # -- in ---------------------------------------------------------------------------
+
+    def handle(self, record: Message, now_ms: int) -> None:
+        """One input record: to the engine (or the market), and what it causes out."""
+        topic = record.topic()
+        try:
+            if topic == self.topics.market_bids:
+                self.market.handle(record, now_ms)
+                return
+            if topic == self.topics.requests:
+                request = self.codec.decode_any(
+                    record.value(),
+                    (WorkflowSubmitted, WorkflowCancelRequested, BudgetTopUpRequested),
+                    record=record,
+                )
+                self.own(request.workflow_id, record)
+                structlog.contextvars.bind_contextvars(workflow_id=request.workflow_id)
+                if isinstance(request, WorkflowCancelRequested):
+                    effects = self.engine.cancel(request, now_ms)
+                elif isinstance(request, BudgetTopUpRequested):
+                    effects = self.engine.top_up(request, now_ms)
+                else:
+                    effects = self.engine.submit(request, now_ms)
+            elif topic == self.topics.market_outcomes:
+                outcome = self.codec.decode(record.value(), MarketOutcome, record=record)
+                self.own(outcome.workflow_id, record)
+                structlog.contextvars.bind_contextvars(
+                    workflow_id=outcome.workflow_id, task_id=outcome.task_id
+                )
+                effects = self.engine.on_market(outcome, now_ms)
+            else:
+                result = self.codec.decode(record.value(), TaskResult, record=record)
+                self.own(result.workflow_id, record)
+                structlog.contextvars.bind_contextvars(
+                    workflow_id=result.workflow_id, task_id=result.task_id, attempt=result.attempt
+                )
+                effects = self.engine.on_result(result, now_ms)
+        except DecodeError as exc:
+            self._dead_letter(record, exc)
+            return
+        except Exception as exc:  # one bad record must never stop the line
+            log.exception("engine failed on a record; dead-lettering it")
+            self._dead_letter(record, exc)
+            return
+        finally:
+            structlog.contextvars.clear_contextvars()
+        self.apply(effects, header(record, TRACEPARENT))
+
+    def _dead_letter(self, record: Message, error: BaseException) -> None:
+        self.metrics.dead_letters.labels(record.topic() or "").inc()
+        self.dead_letters.send(record, error)
+
+    # -- out --------------------------------------------------------------------------
+
+    def apply(self, effects: Effects, parent: str | None) -> None:
+        """Produce ``effects``, traced as children of ``parent`` (the input's trace).
+
+        No delivery callbacks here: a record that failed is the committer's to catch
+        (exactly_once: commit_transaction fails; at_least_once: its flush refuses)."""
+        for task in effects.tasks:
+            produce(
+                self.producer,
+                self.topics.tasks(task.capability),
+                self.codec.encode(task),
+                key=task.task_id,
+                headers=headers_for(task, child_of(parent), task.attempt),
+            )
+        for event in effects.events:
+            produce(
+                self.producer,
+                self.topics.events,
+                self.codec.encode(event),
+                key=event.workflow_id,
+                headers=headers_for(event, child_of(parent)),
+            )
+            if event.kind.terminal:
+                log.info(
+                    "workflow finished",
+                    workflow_id=event.workflow_id,
+                    outcome=event.kind.value,
+                    error=event.error.message if event.error else None,
+                )
+        for bid in effects.market:
+            produce(
+                self.producer,
+                self.topics.market_bids,
+                self.codec.encode(bid),
+                key=bid.resource,
+                headers=headers_for(bid, child_of(parent)),
+            )
+        for reason in effects.dropped:
+            log.info("input dropped", reason=reason)
+        self.metrics.record(effects, self.engine.in_flight, self.engine.active)
