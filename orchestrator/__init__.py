@@ -26,8 +26,9 @@ from orchestrator.refs import (
     parse_ref,
     resolve,
 )
+from orchestrator.retry import backoff_ms
 from orchestrator.spec import StepSpec, WorkflowSpec, load_spec_file, parse_spec
-from orchestrator.timers import Timer, TimerKind, backoff_ms
+from orchestrator.timers import Timer, TimerKind
 
 __all__ = [
     "Context",

@@ -11,15 +11,141 @@ order.
 Every bid first gets a hold on the workflow's budget for price x units; the bid id is
 the hold id, and it names the task, the attempt and the pool, so a bid re-sent after a
 restore is the same bid (the auctioneer drops the duplicate).
+
+The engine's market transitions live here too: :func:`launch` (acquire, then dispatch),
+the auctioneer's answers (:func:`granted`, :func:`lost`, :func:`ended`) and
+:func:`abandon` when a workflow ends. A lost bid or an ended lease comes back as an
+:class:`~orchestrator.transition.AttemptFailure` for the retry decision
+(``orchestrator.retry``).
 """
 
 from __future__ import annotations
 
-from fleet.messages import LeaseGrant, MarketInput, MarketInputKind
+from fleet.messages import (
+    LeaseGrant,
+    MarketInput,
+    MarketInputKind,
+    MarketOutcome,
+    TaskError,
+    TaskStatus,
+    WorkflowError,
+)
+from orchestrator.effects import FinishedTask
 from orchestrator.market.budget import Budget, Denied
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.spec import StepSpec
 from orchestrator.state import TaskRun, WorkflowState
+from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
+
+# -- transitions ------------------------------------------------------------------------
+
+
+def launch(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun) -> None:
+    """Dispatch ``run.attempt``, once it holds a lease on every pool its step needs."""
+    if step.resources:
+        run.acquiring = True
+        pool = next_pool(step, run)
+        if pool is not None:
+            try:
+                t.fx.market.append(
+                    bid(t.policy, state, step, task_id, run, pool=pool, now_ms=t.now_ms)
+                )
+            except BudgetDenied as denied:
+                t.fx.budget_denials += 1
+                raise WorkflowFailed(
+                    WorkflowError(type="BudgetExhausted", message=str(denied), step_id=step.id)
+                ) from denied
+            return
+        run.acquiring = False
+    t.fx.tasks.append(t.store.dispatch(state, step, task_id, run, t.now_ms))
+
+
+def granted(
+    t: Transition, state: WorkflowState, run: TaskRun | None, outcome: MarketOutcome
+) -> None:
+    """A bid won: settle it, then claim the lease and go on acquiring (or dispatch)."""
+    lease = outcome.lease
+    if lease is None:
+        t.fx.dropped.append(f"grant {outcome.bid_id}: carries no lease")
+        return
+    # The settlement: the clearing price is charged, the rest of the hold released.
+    settle(state.budget, outcome.bid_id, lease.unit_price * len(lease.units))
+    t.fx.settlement_lags_ms.append(max(0, t.now_ms - outcome.at_ms))
+    if run is None or run.bid != outcome.bid_id:
+        t.fx.market.append(release_one(lease, t.now_ms))
+        t.fx.dropped.append(f"grant {outcome.bid_id}: no longer wanted; released")
+        return
+    run.bid = None
+    run.leases[lease.resource] = lease
+    t.fx.market.append(claim(lease, t.now_ms))
+    launch(t, state, state.spec.step(run.step_id), outcome.task_id, run)
+
+
+def lost(
+    t: Transition, state: WorkflowState, run: TaskRun | None, outcome: MarketOutcome
+) -> AttemptFailure | None:
+    """A bid was turned away: the attempt fails (None: the bid was no longer out)."""
+    settle(state.budget, outcome.bid_id, 0)
+    if run is None or run.bid != outcome.bid_id:
+        t.fx.dropped.append(f"bid {outcome.bid_id} lost ({outcome.reason}): not out any more")
+        return None
+    run.bid = None
+    error = TaskError(
+        type="ResourceUnavailable",
+        message=f"bid on {outcome.resource} {outcome.reason}",
+        retryable=outcome.reason == "expired",  # below reserve, unknown pool: for good
+    )
+    return _attempt_ended(t, state, AttemptFailure(outcome.task_id, run, TaskStatus.FAILED, error))
+
+
+def ended(
+    t: Transition, state: WorkflowState, run: TaskRun | None, outcome: MarketOutcome
+) -> AttemptFailure | None:
+    """A lease the attempt holds ended: the attempt fails (None: it held no such lease)."""
+    lease = outcome.lease
+    held = None if run is None else run.leases.get(outcome.resource)
+    if run is None or lease is None or held is None or held.token != lease.token:
+        t.fx.dropped.append(f"lease {outcome.bid_id} ended ({outcome.reason}): not held")
+        return None
+    del run.leases[outcome.resource]
+    error = TaskError(
+        type="LeaseEnded",
+        message=f"lease on {outcome.resource} {outcome.reason}",
+        retryable=True,
+    )
+    return _attempt_ended(t, state, AttemptFailure(outcome.task_id, run, TaskStatus.FAILED, error))
+
+
+def _attempt_ended(t: Transition, state: WorkflowState, failed: AttemptFailure) -> AttemptFailure:
+    """The market ended an attempt (acquiring or in flight): tidy its market side up,
+    and hand it on to the retry decision."""
+    task_id, run = failed.task_id, failed.run
+    if run.in_flight:
+        step = state.spec.step(run.step_id)
+        t.store.attempt_ended(state.workflow_id, task_id)
+        t.fx.finished.append(FinishedTask(step.capability, t.now_ms - run.dispatched_at_ms, False))
+        run.leases = {}  # left to expire: its worker may be using them
+    else:
+        # Acquiring: what it holds goes back, and the next attempt starts from the
+        # first pool again (the global order).
+        if (withdrawn := withdraw(run, t.now_ms)) is not None:
+            t.fx.market.append(withdrawn)
+        t.fx.market += release(run, t.now_ms)
+        run.acquiring = False
+    return failed
+
+
+def abandon(t: Transition, state: WorkflowState) -> None:
+    """The workflow ends: bids out are withdrawn, leases of undispatched tasks given
+    back. Dispatched tasks keep theirs until expiry (their workers may be running)."""
+    for run in state.tasks.values():
+        if (withdrawn := withdraw(run, t.now_ms)) is not None:
+            t.fx.market.append(withdrawn)
+        if run.acquiring:
+            t.fx.market += release(run, t.now_ms)
+
+
+# -- messages to the auctioneer ---------------------------------------------------------
 
 
 class BudgetDenied(Exception):  # noqa: N818 - internal control flow, turned into a failure

@@ -83,6 +83,7 @@ class WorkflowStore:
         self._timers.cancel(workflow_id, task_id)
 
     def schedule_retry(self, workflow_id: str, task_id: str, run: TaskRun, due_ms: int) -> None:
+        """Arm the RETRY timer of a failed attempt (when: ``orchestrator.retry``)."""
         run.retry_at_ms = due_ms
         self._timers.set(Timer(due_ms, TimerKind.RETRY, workflow_id, task_id))
 

@@ -8,7 +8,6 @@ the workflow's state, so a restored engine has exactly the timers the lost one h
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from enum import IntEnum
 from typing import NamedTuple
@@ -22,7 +21,7 @@ class TimerKind(IntEnum):
     EXPIRY = 0  # a finished workflow's record has been kept long enough
     DEADLINE = 1  # a workflow ran past its deadline_s
     TIMEOUT = 2  # a dispatched attempt has no result by its deadline_ms
-    RETRY = 3  # a failed attempt's backoff is over: dispatch the next one
+    RETRY = 3  # a failed attempt's backoff (orchestrator.retry) is over: dispatch the next
 
 
 class Timer(NamedTuple):
@@ -104,21 +103,3 @@ class Timers:
         heap, live = self._heap, self._live
         while heap and live.get((heap[0].workflow_id, heap[0].task_id)) != heap[0]:
             heapq.heappop(heap)
-
-
-# 2**63 times any allowed backoff_s is still a finite float; larger exponents overflow.
-_MAX_DOUBLINGS = 63
-
-
-def backoff_ms(backoff_s: float, max_backoff_s: float, task_id: str, attempt: int) -> int:
-    """How long to wait after failed ``attempt`` before dispatching the next one.
-
-    ``min(max_backoff_s, backoff_s * 2**(attempt-1))`` scaled by a jitter in [0.5, 1)
-    that spreads retries of many tasks failing together. The jitter comes from a hash of
-    ``(task_id, attempt)``, not from a random draw, so a replay waits exactly as long.
-    """
-    base_s = min(max_backoff_s, backoff_s * 2.0 ** min(attempt - 1, _MAX_DOUBLINGS))
-    digest = hashlib.blake2b(f"{task_id}\x00{attempt}".encode(), digest_size=8).digest()
-    fraction = (int.from_bytes(digest, "big") >> 11) / 2**53  # 53 bits: exact, in [0, 1)
-    jitter = 0.5 + 0.5 * fraction
-    return round(base_s * jitter * 1000)

@@ -12,7 +12,8 @@ from pydantic import JsonValue
 from fleet.errors import DecodeError
 from fleet.messages import EventKind, WorkflowCancelRequested
 from orchestrator.engine import Effects, Engine
-from orchestrator.timers import Timer, TimerKind, backoff_ms
+from orchestrator.retry import backoff_ms
+from orchestrator.timers import Timer, TimerKind
 from tests.unit.orchestrator.test_engine import failure, result, spec, step, submit, terminal
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from fleet.messages import EventKind, TaskStatus
 from orchestrator.engine import Engine, FinishedTask
-from orchestrator.timers import Timer, TimerKind, Timers, backoff_ms
+from orchestrator.retry import backoff_ms
+from orchestrator.timers import Timer, TimerKind, Timers
 from tests.unit.orchestrator.test_engine import failure, kinds, result, spec, step, submit, terminal
 
 pytestmark = pytest.mark.unit

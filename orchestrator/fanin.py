@@ -1,0 +1,56 @@
+"""Fan-in: collecting the results of a step's tasks, completing the step, and the
+workflow's output once every step is complete.
+
+A plain step completes with its one task's output; a ``for_each`` step with the list of
+its elements' outputs, in element order, once the last of them succeeds (an empty
+fan-out completes at once, with ``[]``). Each completed step is announced by a
+STEP_COMPLETED event; the last one makes the workflow's output, resolved from the
+spec's ``output`` references, and its COMPLETED event.
+"""
+
+from __future__ import annotations
+
+from pydantic import JsonValue
+
+from fleet.errors import ResolutionError
+from fleet.messages import EventKind, WorkflowError
+from orchestrator.effects import state_event
+from orchestrator.refs import resolve
+from orchestrator.state import TaskRun, WorkflowState
+from orchestrator.transition import Transition, WorkflowFailed
+
+
+def task_succeeded(t: Transition, state: WorkflowState, run: TaskRun, output: JsonValue) -> bool:
+    """Accept ``run``'s output; True when it was its step's last task, so the step is
+    complete (its dependents may start: ``decompose.advance``)."""
+    run.succeeded, run.output = True, output
+    step_run = state.running[run.step_id]
+    step_run.remaining -= 1
+    if step_run.remaining > 0:
+        return False
+    runs = [state.tasks.pop(task_id) for task_id in step_run.task_ids]
+    del state.running[run.step_id]
+    result: JsonValue = [r.output for r in runs] if step_run.fan_out else runs[0].output
+    complete_step(t, state, run.step_id, result)
+    return True
+
+
+def complete_step(t: Transition, state: WorkflowState, step_id: str, output: JsonValue) -> None:
+    state.outputs[step_id] = output
+    t.fx.events.append(
+        state_event(state, EventKind.STEP_COMPLETED, t.now_ms, step_id=step_id, output=output)
+    )
+
+
+def finish_if_complete(t: Transition, state: WorkflowState) -> None:
+    """Once every step is complete: resolve the workflow's output and finish it."""
+    if len(state.outputs) < len(state.spec.steps):
+        return
+    try:
+        output = resolve(state.spec.output, state.context())
+    except ResolutionError as exc:
+        raise WorkflowFailed(
+            WorkflowError(type="ResolutionError", message=f"workflow output: {exc}")
+        ) from exc
+    t.fx.events.append(state_event(state, EventKind.COMPLETED, t.now_ms, output=output))
+    t.store.finish(state.workflow_id, EventKind.COMPLETED, t.now_ms)
