@@ -39,7 +39,8 @@ from fleetctl.localkafka import LocalKafka, resolve_bootstrap
 from fleetctl.market_view import read_market, render
 from orchestrator.market.policy import UNITS_MAX, MarketPolicy, credits_to_micro
 from orchestrator.shell.runtime import run as run_orchestrator
-from orchestrator.spec import load_spec_file, parse_spec
+from orchestrator.spec import parse_spec
+from orchestrator.specfile import load_spec_file
 from workers.app import load_app
 from workers.shell.runtime import run as run_worker
 

@@ -38,7 +38,7 @@ from fleetctl.demo_market import (
 from fleetctl.localkafka import LocalKafka
 from fleetctl.supervisor import Supervisor
 from orchestrator.market.policy import MarketPolicy
-from orchestrator.spec import load_spec_file
+from orchestrator.specfile import load_spec_file
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "scripts" / "workflows"
 WORKER_POOLS = 2

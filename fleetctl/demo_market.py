@@ -35,9 +35,10 @@ from fleet.messages import (
     Message,
     WorkflowEvent,
 )
+from orchestrator.admission import check_market
 from orchestrator.market.ledger import ChainBroken, RoundRecord, replay
 from orchestrator.market.policy import MarketPolicy, micro_to_credits
-from orchestrator.spec import check_market, parse_spec
+from orchestrator.spec import parse_spec
 
 CONTENDED = 12
 POOL = "gpu"

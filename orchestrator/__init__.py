@@ -27,7 +27,8 @@ from orchestrator.refs import (
     resolve,
 )
 from orchestrator.retry import backoff_ms
-from orchestrator.spec import StepSpec, WorkflowSpec, load_spec_file, parse_spec
+from orchestrator.spec import StepSpec, WorkflowSpec, parse_spec
+from orchestrator.specfile import load_spec_file
 from orchestrator.timers import Timer, TimerKind
 
 __all__ = [

@@ -12,10 +12,11 @@ compacted changelog, and ``restore`` rebuilds a workflow from such a record, tim
 included, so timeouts, retries and deadlines survive a restart or a rebalance.
 
 This module is the facade and the lifecycle (submit, cancel, terminal events, timers
-firing); each concept an input leads to has its own module, driven through a
-:class:`~orchestrator.transition.Transition`: ``decompose`` (starting steps as tasks),
+firing); each concept an input leads to has its own module: ``admission`` (what the
+market policy allows, band and budget), ``decompose`` (starting steps as tasks),
 ``fanin`` (collecting them, the workflow output), ``retry`` (after a failed attempt),
-``acquire`` (the workflow side of the market) and ``store`` (memory and timers).
+``acquire`` (the workflow side of the market) and ``store`` (memory and timers), the
+transitions sharing a :class:`~orchestrator.transition.Transition`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,10 @@ from fleet.messages import (
     WorkflowError,
     WorkflowSubmitted,
 )
-from orchestrator import acquire, decompose, fanin, retry
+from orchestrator import acquire, admission, decompose, fanin, retry
 from orchestrator.effects import Effects, FinishedTask, deadline_error, event, state_event
-from orchestrator.market.budget import Budget
 from orchestrator.market.policy import MarketPolicy
-from orchestrator.spec import check_market, parse_spec
+from orchestrator.spec import parse_spec
 from orchestrator.state import FinishedWorkflow, StepRun, TaskRun, WorkflowState, task_id_for
 from orchestrator.store import WorkflowStore
 from orchestrator.timers import Timer, TimerKind
@@ -146,7 +146,7 @@ class Engine:
             return effects
         try:
             spec = parse_spec(request.spec, has_capability=self._has_capability)
-            if problems := check_market(spec, self._policy):
+            if problems := admission.check_market(spec, self._policy):
                 raise SpecError(problems)
         except SpecError as exc:
             name = request.spec.get("name") if isinstance(request.spec, dict) else None
@@ -163,12 +163,7 @@ class Engine:
             self._store.finish(workflow_id, EventKind.REJECTED, now_ms)
             return effects
         state = WorkflowState(workflow_id, spec, request.submitted_at_ms)
-        if any(step.resources for step in spec.steps):
-            # Band and budget are decided now, from the policy in force at submission.
-            tenant = self._policy.tenant_of(spec.tenant)
-            state.band = self._policy.band_of(tenant.name, spec.priority)
-            limit = spec.budget if spec.budget is not None else tenant.budget_default
-            state.budget = Budget(limit or 0)
+        admission.admit(state, self._policy)
         self._store.add(state)
         effects.events.append(state_event(state, EventKind.ACCEPTED, now_ms))
         t = self._transition(now_ms, effects)

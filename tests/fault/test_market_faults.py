@@ -36,10 +36,10 @@ from fleet.messages import (
 )
 from fleet.settings import Settings
 from fleet.topology import Topology
+from orchestrator.admission import check_market as policy_problems
 from orchestrator.market.clearing import Bid, Pricing
 from orchestrator.market.ledger import GENESIS, RoundRecord, clear_round
 from orchestrator.market.policy import MarketPolicy
-from orchestrator.spec import check_market as policy_problems
 from orchestrator.spec import parse_spec
 from tests.fault import runs
 from tests.fault.checker import SeenEvent

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from fleet.errors import SpecError
-from orchestrator.spec import StepSpec, WorkflowSpec, load_spec_file, parse_spec
+from orchestrator.spec import StepSpec, WorkflowSpec, parse_spec
+from orchestrator.specfile import load_spec_file
 
 pytestmark = pytest.mark.unit
 

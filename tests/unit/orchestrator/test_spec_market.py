@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet.errors import SpecError
+from orchestrator.admission import check_market
 from orchestrator.market.policy import MAX_CREDITS, MICRO, MarketPolicy, Pool, Tenant
 from orchestrator.snapshot import decode, encode_active
-from orchestrator.spec import StepSpec, WorkflowSpec, check_market, parse_spec
+from orchestrator.spec import StepSpec, WorkflowSpec, parse_spec
 from orchestrator.state import StepRun, TaskRun, WorkflowState
 
 pytestmark = pytest.mark.unit
