@@ -210,6 +210,24 @@ class MarketOutcomeKind(StrEnum):
     ENDED = "ENDED"
 
 
+class LostReason(StrEnum):
+    """Why an auctioneer turned a bid away: the ``reason`` of a LOST outcome."""
+
+    EXPIRED = "expired"  # waited its valid rounds without an award
+    BELOW_RESERVE = "below_reserve"  # bids under the pool's reserve can never win
+    WITHDRAWN = "withdrawn"  # its owner took it back (workflow cancelled or failed)
+    UNKNOWN_POOL = "unknown_pool"  # no configured pool of that name
+
+
+class EndedReason(StrEnum):
+    """Why a lease ended: the ``reason`` of an ENDED outcome."""
+
+    RELEASED = "released"  # the task's result arrived
+    EXPIRED = "expired"  # past expiry + grace: a dead worker gives its units back
+    UNCLAIMED = "unclaimed"  # its owner never took it up
+    REVOKED = "revoked"  # kill switch
+
+
 class MarketOutcome(Message):
     schema_name: ClassVar[str] = "io.fleet.MarketOutcome"
 
@@ -219,9 +237,21 @@ class MarketOutcome(Message):
     workflow_id: str
     task_id: str
     lease: LeaseGrant | None = None
+    # A LostReason or an EndedReason, kept a plain string (as on the wire): an outcome
+    # with a reason this version does not know still decodes. Decide on lost_reason.
     reason: str | None = None
     round_no: int = 0
     at_ms: int
+
+    @property
+    def lost_reason(self) -> LostReason | None:
+        """A LOST outcome's reason, typed; None for another kind or an unknown reason."""
+        if self.kind is not MarketOutcomeKind.LOST or self.reason is None:
+            return None
+        try:
+            return LostReason(self.reason)
+        except ValueError:
+            return None
 
 
 class MarketRound(Message):

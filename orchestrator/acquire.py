@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from fleet.messages import (
     LeaseGrant,
+    LostReason,
     MarketInput,
     MarketInputKind,
     MarketOutcome,
@@ -93,7 +94,9 @@ def lost(
     error = TaskError(
         type="ResourceUnavailable",
         message=f"bid on {outcome.resource} {outcome.reason}",
-        retryable=outcome.reason == "expired",  # below reserve, unknown pool: for good
+        # Only a bid that waited too long may win another time; below the reserve or
+        # for an unknown pool it loses for good.
+        retryable=outcome.lost_reason is LostReason.EXPIRED,
     )
     return _attempt_ended(t, state, AttemptFailure(outcome.task_id, run, TaskStatus.FAILED, error))
 

@@ -23,14 +23,16 @@ import structlog
 from pydantic import JsonValue
 
 from fleet.messages import (
+    EndedReason,
     LeaseGrant,
+    LostReason,
     MarketInput,
     MarketInputKind,
     MarketOutcome,
     MarketOutcomeKind,
     MarketRound,
 )
-from orchestrator.market.book import BidRequest, Book, Ended, Lease, Lost, Token
+from orchestrator.market.book import BidRequest, Book, Lease, Token
 from orchestrator.market.ledger import RoundRecord
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.market.stats import AwardStat
@@ -232,8 +234,8 @@ class Auctioneer:
     def _announce(
         self,
         book: Book,
-        ended: Sequence[tuple[Lease, Ended]],
-        lost: Sequence[tuple[BidRequest, Lost]],
+        ended: Sequence[tuple[Lease, EndedReason]],
+        lost: Sequence[tuple[BidRequest, LostReason]],
         now_ms: int,
         out: Output,
         *,
@@ -247,7 +249,7 @@ class Auctioneer:
                     MarketOutcomeKind.ENDED,
                     resource,
                     lease,
-                    reason=ended_why.value,
+                    reason=ended_why,
                     round_no=round_no,
                     now_ms=now_ms,
                 )
@@ -258,7 +260,7 @@ class Auctioneer:
                     MarketOutcomeKind.LOST,
                     resource,
                     request,
-                    reason=why.value,
+                    reason=why,
                     round_no=round_no,
                     now_ms=now_ms,
                 )
@@ -270,7 +272,7 @@ def _outcome(
     resource: str,
     about: Lease | BidRequest,
     *,
-    reason: str | None,
+    reason: LostReason | EndedReason | None,
     round_no: int,
     now_ms: int,
 ) -> MarketOutcome:
@@ -329,7 +331,7 @@ def _lost_unknown_pool(message: MarketInput, now_ms: int) -> MarketOutcome:
         bid_id=message.bid_id or "",
         workflow_id=message.workflow_id or "",
         task_id=message.task_id or "",
-        reason="unknown_pool",
+        reason=LostReason.UNKNOWN_POOL,
         at_ms=now_ms,
     )
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
 from typing import Any
 
 from fleet.errors import MarketError
+from fleet.messages import EndedReason, LostReason
 from orchestrator.market.clearing import Bid, Pricing
 from orchestrator.market.ledger import GENESIS, RoundRecord, clear_round
 
@@ -70,26 +70,13 @@ class Lease:
     claimed: bool = False
 
 
-class Ended(Enum):
-    RELEASED = "released"  # the task's result arrived
-    EXPIRED = "expired"  # past expiry + grace: a dead worker gives its units back
-    UNCLAIMED = "unclaimed"  # the owner never took it up: taken back
-    REVOKED = "revoked"  # kill switch
-
-
-class Lost(Enum):
-    EXPIRED = "expired"  # waited its valid rounds
-    BELOW_RESERVE = "below_reserve"
-    WITHDRAWN = "withdrawn"  # the owner cancelled it (workflow cancelled or failed)
-
-
 @dataclass(frozen=True)
 class RoundResult:
     record: RoundRecord
     granted: tuple[Lease, ...]
     waited: tuple[Waiting, ...]  # the granted bids as they waited, same order
-    lost: tuple[tuple[BidRequest, Lost], ...]
-    ended: tuple[tuple[Lease, Ended], ...]
+    lost: tuple[tuple[BidRequest, LostReason], ...]
+    ended: tuple[tuple[Lease, EndedReason], ...]
 
 
 @dataclass
@@ -108,8 +95,8 @@ class Book:
     # Bid ids already resolved (awarded or lost), so a duplicate record of a bid is
     # recognised and never bids again. Pruned by the shell after the bids' retention.
     resolved: dict[str, int] = field(default_factory=dict)  # bid_id -> round resolved
-    ended: list[tuple[Lease, Ended]] = field(default_factory=list)  # since the last round
-    lost: list[tuple[BidRequest, Lost]] = field(default_factory=list)  # since the last round
+    ended: list[tuple[Lease, EndedReason]] = field(default_factory=list)  # since the last round
+    lost: list[tuple[BidRequest, LostReason]] = field(default_factory=list)  # since the last round
 
     # -- inputs ----------------------------------------------------------------------
     def bid(self, request: BidRequest, offset: int) -> bool:
@@ -130,7 +117,7 @@ class Book:
         waiting = self.waiting.pop(bid_id, None)
         if waiting is None:
             return False
-        self._lose(waiting.request, Lost.WITHDRAWN)
+        self._lose(waiting.request, LostReason.WITHDRAWN)
         return True
 
     def claim(self, lease_id: str, token: Token) -> bool:
@@ -142,13 +129,13 @@ class Book:
 
     def release(self, lease_id: str, token: Token) -> bool:
         """The task's result arrived: its units are free from the next round."""
-        return self._end(lease_id, token, Ended.RELEASED)
+        return self._end(lease_id, token, EndedReason.RELEASED)
 
     def revoke(self, lease_ids: Iterable[str] | None = None) -> int:
         """Kill switch: end the given leases (all if None) now."""
         ids = list(self.leases) if lease_ids is None else list(lease_ids)
         return sum(
-            self._end(i, self.leases[i].token, Ended.REVOKED) for i in ids if i in self.leases
+            self._end(i, self.leases[i].token, EndedReason.REVOKED) for i in ids if i in self.leases
         )
 
     def set_capacity(self, capacity: int) -> None:
@@ -167,13 +154,13 @@ class Book:
     def close_round(self, now_ms: int, offsets: tuple[int, int]) -> RoundResult:
         for lease in list(self.leases.values()):
             if now_ms > lease.expires_at_ms + self.expiry_grace_ms:
-                self._end(lease.lease_id, lease.token, Ended.EXPIRED)
+                self._end(lease.lease_id, lease.token, EndedReason.EXPIRED)
             elif not lease.claimed and now_ms > lease.claim_by_ms:
-                self._end(lease.lease_id, lease.token, Ended.UNCLAIMED)
+                self._end(lease.lease_id, lease.token, EndedReason.UNCLAIMED)
         for bid_id, waiting in list(self.waiting.items()):
             if self.round_no - waiting.first_round >= waiting.request.valid_rounds:
                 del self.waiting[bid_id]
-                self._lose(waiting.request, Lost.EXPIRED)
+                self._lose(waiting.request, LostReason.EXPIRED)
 
         free = self.free_units()
         bids = [
@@ -220,7 +207,7 @@ class Book:
             self.resolved[request.bid_id] = self.round_no
             granted.append(lease)
         for bid_id in record.outcome.below_reserve:
-            self._lose(self.waiting.pop(bid_id).request, Lost.BELOW_RESERVE)
+            self._lose(self.waiting.pop(bid_id).request, LostReason.BELOW_RESERVE)
         for bid_id in record.outcome.waiting:
             self.waiting[bid_id].rounds_lost += 1
         self.round_no += 1
@@ -263,13 +250,13 @@ class Book:
                 "pricing": Pricing(**data["pricing"]),
                 "waiting": {k: waiting(v) for k, v in data["waiting"].items()},
                 "leases": {k: lease(v) for k, v in data["leases"].items()},
-                "ended": [(lease(d), Ended(why)) for d, why in data["ended"]],
-                "lost": [(BidRequest(**d), Lost(why)) for d, why in data["lost"]],
+                "ended": [(lease(d), EndedReason(why)) for d, why in data["ended"]],
+                "lost": [(BidRequest(**d), LostReason(why)) for d, why in data["lost"]],
             }
         )
 
     # -- internals -------------------------------------------------------------------
-    def _end(self, lease_id: str, token: Token, why: Ended) -> bool:
+    def _end(self, lease_id: str, token: Token, why: EndedReason) -> bool:
         lease = self.leases.get(lease_id)
         if lease is None or lease.token != token:
             return False  # already ended, or a stale token from an older lease
@@ -277,6 +264,6 @@ class Book:
         self.ended.append((lease, why))
         return True
 
-    def _lose(self, request: BidRequest, why: Lost) -> None:
+    def _lose(self, request: BidRequest, why: LostReason) -> None:
         self.resolved[request.bid_id] = self.round_no
         self.lost.append((request, why))
