@@ -24,8 +24,8 @@ The rule (DESIGN §7, docs/market.md):
   highest losing score, the (k+1)-th price of a k-unit auction. When that bid is in a
   lower band, no bid in the winner's own band could have displaced it: the winner pays
   the reserve. A price that does not depend on one's own bid, paid only on winning, is
-  why bidding one's true value is the best strategy (tests/unit/test_clearing.py checks
-  this by brute force).
+  why bidding one's true value is the best strategy (checked by brute force in
+  tests/unit/orchestrator/market/test_clearing.py).
 * Bids below the reserve cannot win at any round and are turned away at once, so every
   bid resolves.
 """
@@ -71,7 +71,9 @@ class Award:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ClearingResult:
+    """What one round's clearing decided (a ledger round records it as its ``outcome``)."""
+
     awards: tuple[Award, ...]  # in rank order
     waiting: tuple[str, ...]  # eligible, not served this round: they age and stay
     below_reserve: tuple[str, ...]  # can never win: turned away
@@ -86,7 +88,7 @@ def rank_key(bid: Bid, pricing: Pricing) -> tuple[int, int, int, str]:
     return (-bid.band, -pricing.score(bid), bid.offset, bid.bid_id)
 
 
-def clear(bids: Iterable[Bid], free: int, pricing: Pricing) -> Outcome:
+def clear(bids: Iterable[Bid], free: int, pricing: Pricing) -> ClearingResult:
     """Clear one round with ``free`` units available."""
     pool = list(bids)
     if len({b.bid_id for b in pool}) != len(pool):
@@ -106,7 +108,7 @@ def clear(bids: Iterable[Bid], free: int, pricing: Pricing) -> Outcome:
         others = [b for b in ranked if b is not bid]
         awards.append(Award(bid.bid_id, bid.units, _unit_price(bid, others, free, pricing)))
     waiting = tuple(b.bid_id for b in ranked[served:])
-    return Outcome(tuple(awards), waiting, tuple(below))
+    return ClearingResult(tuple(awards), waiting, tuple(below))
 
 
 def _unit_price(winner: Bid, others: Sequence[Bid], free: int, pricing: Pricing) -> int:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fleet.errors import MarketError
-from orchestrator.market.clearing import Award, Bid, Outcome, Pricing, clear
+from orchestrator.market.clearing import Award, Bid, ClearingResult, Pricing, clear
 
 GENESIS = "0" * 64  # the previous hash of a resource's first round
 
@@ -34,7 +34,7 @@ class RoundRecord:
     free: int
     pricing: Pricing
     bids: tuple[Bid, ...]  # in offset order
-    outcome: Outcome
+    outcome: ClearingResult
     prev_hash: str
     hash: str = field(default="")
 
@@ -54,7 +54,7 @@ class RoundRecord:
                 **data,
                 "pricing": Pricing(**data["pricing"]),
                 "bids": tuple(Bid(**b) for b in data["bids"]),
-                "outcome": Outcome(
+                "outcome": ClearingResult(
                     awards=tuple(Award(**a) for a in outcome["awards"]),
                     waiting=tuple(outcome["waiting"]),
                     below_reserve=tuple(outcome["below_reserve"]),

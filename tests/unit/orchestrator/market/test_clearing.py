@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.market.clearing import Bid, Outcome, Pricing, clear, rank_key
+from orchestrator.market.clearing import Bid, ClearingResult, Pricing, clear, rank_key
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +39,7 @@ def rounds(
     return bids, free, pricing
 
 
-def _won(outcome: Outcome, bid_id: str) -> int | None:
+def _won(outcome: ClearingResult, bid_id: str) -> int | None:
     """The unit price ``bid_id`` pays, or None if it was not served."""
     return next((a.unit_price for a in outcome.awards if a.bid_id == bid_id), None)
 
@@ -137,7 +137,7 @@ def test_bidding_ones_true_value_is_a_best_response(case: tuple[list[Bid], int, 
     its value (utility = units x (value - price) if served, else 0)."""
     bids, free, pricing = case
 
-    def utility(outcome: Outcome, bid: Bid, value: int) -> int:
+    def utility(outcome: ClearingResult, bid: Bid, value: int) -> int:
         price = _won(outcome, bid.bid_id)
         return 0 if price is None else bid.units * (value - price)
 
