@@ -130,7 +130,7 @@ class MarketModel(RuleBasedStateMachine):
             self._settle(lease.workflow_id, lease.lease_id, lease.unit_price * units)
         for request, _why in result.lost:
             self._settle(request.workflow_id, request.bid_id, 0)
-        for lease, _why in result.ended:
+        for lease, _ended_why in result.ended:
             self.old_leases.append(lease)
 
     def _settle(self, workflow: str, hold_id: str, charge: int) -> None:
