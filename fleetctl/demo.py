@@ -33,7 +33,7 @@ from fleetctl.demo_market import (
     MarketSummary,
     build_burst,
     format_market_summary,
-    read_market,
+    read_burst_summary,
 )
 from fleetctl.localkafka import LocalKafka
 from fleetctl.supervisor import Supervisor
@@ -309,7 +309,7 @@ def run_workload(settings: Settings, count: int, log_dir: Path) -> DemoRun:
         if missing:
             print(f"\n{missing} workflows had no outcome within {WAIT_S:.0f} s", file=sys.stderr)
         else:
-            market = read_market(client, contenders, outcomes, policy)
+            market = read_burst_summary(client, contenders, outcomes, policy)
             print("\n" + "\n".join(format_market_summary(market)))
         client.close()
         return DemoRun(by_id, outcomes, market)

@@ -237,7 +237,7 @@ def _replay_error(records: Sequence[RoundRecord]) -> str | None:
     return None
 
 
-def read_market(
+def read_burst_summary(
     client: FleetClient,
     burst: Mapping[str, Contender],
     events: Mapping[str, WorkflowEvent],
@@ -256,22 +256,20 @@ def read_market(
     )
 
 
-def _decoded(client: FleetClient, topic: str, cls: type[M]) -> list[M]:
+def _decoded(
+    client: FleetClient, topic: str, cls: type[M], timeout_s: float = READ_TIMEOUT_S
+) -> list[M]:
+    """Every committed record of ``topic`` up to its end as of this call that decodes as
+    ``cls`` (fleet.kafka.readback); a BrokerError if that takes longer than ``timeout_s``."""
+    partitions = partitions_of(client.clients, topic)
+    deadline = time.monotonic() + timeout_s
     found: list[M] = []
-    for value in read_topic(client, topic):
+    for record in records_to_end(client.clients, topic, partitions, deadline):
         try:
-            found.append(client.codec.decode(value, cls))
+            found.append(client.codec.decode(record.value() or b"", cls))
         except DecodeError:
             continue  # another writer's record (or garbage): not the market's
     return found
-
-
-def read_topic(client: FleetClient, topic: str, timeout_s: float = READ_TIMEOUT_S) -> list[bytes]:
-    """Every committed record value of ``topic`` up to its end as of this call
-    (fleet.kafka.readback); a BrokerError if that takes longer than ``timeout_s``."""
-    partitions = partitions_of(client.clients, topic)
-    deadline = time.monotonic() + timeout_s
-    return [r.value() or b"" for r in records_to_end(client.clients, topic, partitions, deadline)]
 
 
 def _ms(values: Sequence[int], how: str) -> str:

@@ -19,22 +19,16 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, Message
 from pydantic import JsonValue
 
 from fleet.codec import Codec, SchemaStore
 from fleet.errors import BrokerError, FleetError
-from fleet.kafka import KafkaClients, watermarks
+from fleet.kafka import KafkaClients
+from fleet.kafka.readback import ReadBack, ReadIncomplete
 from fleet.messages import MarketRound
 from fleet.settings import Settings
 from fleet.topology import Topics
@@ -264,28 +258,26 @@ class _Reader:
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
         # read_committed (the product's default): aborted rounds and snapshots never show.
-        self.consumer = self.clients.consumer(f"fleet-market-{uuid.uuid4().hex}")
-        self.probe = self.clients.probe_consumer(f"fleet-market-probe-{uuid.uuid4().hex}")
+        self.reader = ReadBack(self.clients, "fleet-market", strict=True)
 
     def close(self) -> None:
-        self.consumer.close()
-        self.probe.close()
+        self.reader.close()
 
     def books(self, warnings: list[str]) -> dict[str, tuple[int, Book]]:
-        """{pool: (partition, book)} from the latest snapshot of each pool."""
+        """{pool: (partition, book)} from the latest snapshot of each pool (a tombstone
+        drops the pool's book)."""
         topic = self.topics.market_state
-        bounds = {p: watermarks(self.probe, topic, p) for p in self._partitions(topic)}
-        latest: dict[str, tuple[int, bytes | None]] = {}
-        for record in self._read(topic, bounds, warnings):
-            key = record.key()
-            pool = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
-            latest[pool] = (record.partition() or 0, record.value())
+        latest = self.reader.latest(
+            topic,
+            self._partitions(topic),
+            self.deadline,
+            on_incomplete=lambda exc: warnings.append(self._stale(exc)),
+        )
         books: dict[str, tuple[int, Book]] = {}
-        for pool, (partition, value) in sorted(latest.items()):
-            if value is None:
-                continue  # a tombstone: the pool's book was dropped
+        for key, found in sorted(latest.items()):
+            pool = key.decode(errors="replace")
             try:
-                books[pool] = (partition, Book.from_json(json.loads(value)))
+                books[pool] = (found.partition, Book.from_json(json.loads(found.value)))
             except (ValueError, TypeError, KeyError, FleetError) as exc:
                 warnings.append(f"pool {pool!r}: snapshot not readable ({exc!r}); not shown")
         return books
@@ -300,7 +292,7 @@ class _Reader:
         floors: dict[int, int] = {}  # partition -> lowest offset to read
         uppers: dict[int, int] = {}  # partition -> end of what is still unread
         for p in self._partitions(topic):
-            low, high = watermarks(self.probe, topic, p)
+            low, high = self.reader.bounds(topic, p)
             floors[p], uppers[p] = max(low, high - LEDGER_SCAN_MAX), high
         window = LEDGER_FIRST_WINDOW
         while pending and time.monotonic() < self.deadline:
@@ -358,41 +350,21 @@ class _Reader:
     def _read(
         self, topic: str, ranges: Mapping[int, tuple[int, int]], warnings: list[str]
     ) -> list[Message]:
-        """The committed records of ``[start, end)`` in each partition, in order.
+        """The committed records of ``[start, end)`` in each partition (fleet.kafka.readback).
 
-        Done when each position reaches its end (positions pass transaction markers and
-        aborted records, which are never delivered). An open transaction holds a
-        read_committed reader back until it ends, at worst transaction.timeout.ms after
-        its writer died: past the deadline this returns what it has, with a warning.
-        """
-        pending = {p: span for p, span in ranges.items() if span[1] > span[0]}
-        if not pending:
-            return []
-        self.consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in pending.items()])
+        An open transaction holds a read_committed reader back until it ends, at worst
+        transaction.timeout.ms after its writer died: past the deadline this returns what
+        it has, with a warning."""
         records: list[Message] = []
         try:
-            while pending:
-                if time.monotonic() > self.deadline:
-                    warnings.append(
-                        f"{topic} partitions {sorted(pending)} not read to their end within "
-                        f"{self.timeout_s:g} s (an open transaction, e.g. of a killed "
-                        "orchestrator, holds them back until it times out): figures may be stale"
-                    )
-                    return records
-                for record in self.consumer.consume(500, timeout=0.2):
-                    error = record.error()
-                    if error is not None:
-                        # librdkafka retries transient errors itself; the deadline bounds it.
-                        if error.code() == KafkaError._PARTITION_EOF or error.retriable():
-                            continue
-                        raise BrokerError(f"reading {topic} failed: {error}")
-                    # Only the asked range: a fetch of a previous assignment may linger.
-                    start, end = ranges.get(record.partition() or 0, (0, 0))
-                    if start <= (record.offset() or 0) < end:
-                        records.append(record)
-                for tp in self.consumer.position(self.consumer.assignment()):
-                    if tp.partition in pending and tp.offset >= pending[tp.partition][1]:
-                        del pending[tp.partition]
-        finally:
-            self.consumer.unassign()
+            records.extend(self.reader.in_range(topic, ranges, self.deadline))
+        except ReadIncomplete as exc:
+            warnings.append(self._stale(exc))
         return records
+
+    def _stale(self, incomplete: ReadIncomplete) -> str:
+        return (
+            f"{incomplete.topic} partitions {incomplete.partitions} not read to their end "
+            f"within {self.timeout_s:g} s (an open transaction, e.g. of a killed "
+            "orchestrator, holds them back until it times out): figures may be stale"
+        )

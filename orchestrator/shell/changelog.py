@@ -18,7 +18,7 @@ import structlog
 from pydantic import JsonValue
 
 from fleet.kafka import KafkaClients
-from fleet.kafka.readback import records_to_end
+from fleet.kafka.readback import latest_per_key
 
 log = structlog.get_logger()
 
@@ -46,15 +46,10 @@ def read_partitions(
     if not wanted:
         return {}
     started = time.monotonic()
-    latest: dict[str, tuple[int, JsonValue]] = {}
-    for record in records_to_end(clients, topic, wanted, started + timeout_s):
-        key = record.key()
-        workflow_id = key.decode() if isinstance(key, bytes) else str(key)
-        value = record.value()
-        if value is None:
-            latest.pop(workflow_id, None)
-        else:
-            latest[workflow_id] = (record.partition() or 0, json.loads(value))
+    latest = {
+        key.decode(): (found.partition, json.loads(found.value))
+        for key, found in latest_per_key(clients, topic, wanted, started + timeout_s).items()
+    }
     log.info(
         "state restored from the changelog",
         partitions=wanted,
