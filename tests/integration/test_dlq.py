@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,14 @@ from fleet.kafka.topics import apply_topics
 from fleet.messages import TaskAssigned, WorkflowCancelRequested, WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.topology import TopicSpec, Topology
-from fleetctl.dlq import REDRIVEN, REDRIVEN_FROM, DeadLetterOffice, LetterFilter, Marker
+from fleetctl.dlq import (
+    REDRIVEN,
+    REDRIVEN_FROM,
+    DeadLetterOffice,
+    LetterFilter,
+    Marker,
+    parse_id,
+)
 from fleetctl.supervisor import child_env
 
 pytestmark = pytest.mark.kafka
@@ -315,6 +323,53 @@ def test_a_redrive_that_crashed_half_way_is_finished_once_by_the_next_run(env: E
     # The same, in process: the library call the CLI makes.
     report = office.redrive(LetterFilter(topics=frozenset({source})))
     assert (len(report.redriven), len(report.already), report.refused) == (0, 2, [])
+
+
+# Reading the dead-letter topic to the last stable offset (a read_committed consumer's
+# end) stopped short of a transaction still open on it and of every dead letter committed
+# after it: those were neither listed, shown nor redriven. The end is the high watermark.
+@pytest.mark.timeout(120)
+def test_a_dead_letter_committed_after_an_open_transaction_is_listed_once_it_is_decided(
+    env: Env,
+) -> None:
+    office = DeadLetterOffice(env.settings)
+    topic = office.topics.dead_letters
+    partitions = office.partition_count(topic) or 0
+
+    def open_transaction() -> threading.Timer:
+        """A transaction on every dead-letter partition, open until aborted 3 s from now
+        (a killed writer's stays open until transaction.timeout.ms)."""
+        zombie = office.clients.producer(
+            **{"transactional.id": f"{env.settings.topic_prefix}zombie-{uuid.uuid4().hex}"}
+        )
+        zombie.init_transactions(30)
+        zombie.begin_transaction()
+        for p in range(partitions):
+            zombie.produce(topic, key=b"zombie", value=b"never committed", partition=p)
+        assert zombie.flush(10) == 0
+        aborter = threading.Timer(3.0, lambda: zombie.abort_transaction(30))
+        aborter.start()
+        return aborter
+
+    source, later = env.new_topic("after-open", partitions=1), env.new_topic("later")
+    aborter = open_transaction()
+    try:
+        (shown_id,) = env.dead_letter(source, [(b"k", b"shown", [])])
+        found = office.get(parse_id(shown_id))
+    finally:
+        aborter.join()
+    assert found is not None
+    assert found[0].source == f"{source}/0@0"
+
+    aborter = open_transaction()
+    try:
+        (listed_id,) = env.dead_letter(later, [(b"k", b"listed", [])])
+        listed = {str(entry.id) for entry in office.entries()}
+    finally:
+        aborter.join()
+    assert {shown_id, listed_id} <= listed
+    rows = _listed(env.cli("dlq", "list", "--topic", source, "--topic", later).stdout)
+    assert set(rows) == {shown_id, listed_id}
 
 
 def test_cancel_produces_a_request_keyed_and_ordered_after_the_submission(env: Env) -> None:
