@@ -19,7 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleet.errors import LocalKafkaError
 from fleet.settings import Settings
-from fleetctl.localkafka import LocalKafka, _layout, _server_properties
+from fleetctl.localkafka import LocalKafka
+from fleetctl.localkafka.nodes import layout, server_properties
 
 
 def _local(run_dir: Path, nodes: int = 1, **update: object) -> LocalKafka:
@@ -210,7 +211,7 @@ def test_missing_maven_says_how_to_fix_it(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_server_properties_replicate_by_cluster_size(tmp_path: Path) -> None:
     def props(node_id: int, ports: list[tuple[int, int]]) -> dict[str, str]:
-        text = _server_properties(node_id, ports, tmp_path / "data")
+        text = server_properties(node_id, ports, tmp_path / "data")
         return dict(line.split("=", 1) for line in text.splitlines())
 
     single = props(1, [(9092, 9093)])
@@ -246,10 +247,10 @@ def test_server_properties_replicate_by_cluster_size(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_a_single_broker_keeps_its_files_in_the_run_dir(tmp_path: Path) -> None:
-    (single,) = _layout(tmp_path, ["127.0.0.1:9092"])
+    (single,) = layout(tmp_path, ["127.0.0.1:9092"])
     assert single.pid_file == tmp_path / "broker.pid"
     assert single.data == tmp_path / "data"
-    cluster = _layout(tmp_path, ["127.0.0.1:9092", "127.0.0.1:9192", "127.0.0.1:9292"])
+    cluster = layout(tmp_path, ["127.0.0.1:9092", "127.0.0.1:9192", "127.0.0.1:9292"])
     assert [node.node_id for node in cluster] == [1, 2, 3]
     assert cluster[2].dir == tmp_path / "node-3"
     assert cluster[2].address == "127.0.0.1:9292"
