@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -36,7 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: where a stuck process is.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    return _run(args)
+    try:
+        return _run(args)
+    finally:
+        # Every command closes its Kafka clients, but one can outlive its owner in a
+        # reference cycle (a tenacity-retried closure holds the admin client it probed)
+        # until the garbage collector runs. Collected here, it goes while the broker is
+        # most likely still up, not somewhere in the interpreter's exit: destroying a
+        # librdkafka client after its broker is gone can hang for good (the demo did, for
+        # minutes; it collects before it stops its own broker).
+        gc.collect()
 
 
 def _run(args: argparse.Namespace) -> int:

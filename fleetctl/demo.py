@@ -8,6 +8,7 @@ mix; its market summary (fleetctl.demo_market) is read back from the market topi
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import statistics
@@ -15,6 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from pydantic import JsonValue
 from fleet.errors import ConfigError, FleetError
 from fleet.kafka import KafkaClients
 from fleet.kafka.client import FleetClient
+from fleet.kafka.follow import TopicReader
 from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
@@ -232,24 +235,28 @@ def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False
         return run_workload(settings, workflows, log_dir).exit_code
     finally:
         if started_broker and not keep_broker:
+            # Every client of the run is closed by now, but one can outlive its owner in a
+            # reference cycle until the garbage collector runs (the tenacity-retried probe
+            # in fleet.kafka.clients.wait_for_broker holds the admin client it probed).
+            # Collected now, it goes while the broker still answers; collected at the
+            # interpreter's exit, after the broker stopped, its destroy hung the demo for
+            # minutes (rdk:main joining an rdk:broker thread that never ended).
+            gc.collect()
             print("stopping the local broker", file=sys.stderr)
             local.stop()
 
 
 def run_workload(settings: Settings, count: int, log_dir: Path) -> DemoRun:
     """Apply the topics, start the fleet, run ``count`` mixed workflows plus the contended
-    burst, print the summaries and return what happened (the fleet is stopped after)."""
+    burst, print the summaries and return what happened (the fleet is stopped after).
+
+    Every Kafka client it opens is closed before it returns, on errors too."""
     assert settings.bootstrap_servers
     # Before anything starts: a market file the burst cannot run under stops the demo here.
     policy = MarketPolicy.load(settings.market_file)
     burst = build_burst(_template("gpu-render"), policy, settings.market_file)
-    admin = KafkaClients(settings, settings.bootstrap_servers, role="demo").ready_admin()
     topology = Topology.load(settings.topology_file)
-    apply_topics(
-        admin,
-        topology,
-        desired_topics(topology, Topics(settings.topic_prefix), topology.capabilities),
-    )
+    _apply_topics(settings, settings.bootstrap_servers, topology)
     print(f"broker {settings.bootstrap_servers}; process logs in {log_dir}", file=sys.stderr)
     with Supervisor(settings, log_dir) as supervisor:
         supervisor.start("orchestrator", ["orchestrator"])
@@ -258,58 +265,83 @@ def run_workload(settings: Settings, count: int, log_dir: Path) -> DemoRun:
                 f"worker-{n}",
                 ["worker", "--app", "workers.examples:app", "--concurrency", str(CONCURRENCY)],
             )
-        client = FleetClient(settings, role="demo")
-        print(f"waiting for {WORKER_POOLS} worker pools to join their groups", file=sys.stderr)
-        client.wait_for_pools(topology.capabilities, WORKER_POOLS, timeout_s=60)
-        consumer = client.event_consumer(from_beginning=False)
-        # The burst goes first, its low band first of all: arrival order favours the low
-        # band, so a lower wait for the high band is the market's doing.
-        mix = build_workload(count)
-        total = len(burst) + len(mix)
-        bands = Counter(c.band for c in burst)
-        print(
-            f"submitting {total} workflows "
-            f"({', '.join(sorted({'render', *(w.kind for w in mix)}))}) "
-            f"to {WORKER_POOLS} worker pools x {CONCURRENCY} concurrency; "
-            f"{len(burst)} renders ({', '.join(f'{n} {b}' for b, n in bands.items())}) "
-            f"contend for the {POOL} pool's {policy.pools[POOL].capacity} slots",
-            file=sys.stderr,
-        )
-        started = time.monotonic()
-        contenders = {client.submit(c.spec, flush=False): c for c in burst}
-        by_id = {w: DemoWorkflow("render", c.spec, band=c.band) for w, c in contenders.items()}
-        by_id |= {client.submit(item.spec, flush=False): item for item in mix}
-        client.flush()
-        progress = Progress(total=total)
-        outcomes: dict[str, WorkflowEvent] = {}
-
-        def check_children() -> None:
-            progress.update()
-            for child in supervisor.dead():
-                raise FleetError(
-                    f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}"
+        with closing(FleetClient(settings, role="demo")) as client:
+            print(f"waiting for {WORKER_POOLS} worker pools to join their groups", file=sys.stderr)
+            client.wait_for_pools(topology.capabilities, WORKER_POOLS, timeout_s=60)
+            with closing(client.event_consumer(from_beginning=False)) as consumer:
+                # The burst goes first, its low band first of all: arrival order favours the
+                # low band, so a lower wait for the high band is the market's doing.
+                mix = build_workload(count)
+                total = len(burst) + len(mix)
+                bands = Counter(c.band for c in burst)
+                print(
+                    f"submitting {total} workflows "
+                    f"({', '.join(sorted({'render', *(w.kind for w in mix)}))}) "
+                    f"to {WORKER_POOLS} worker pools x {CONCURRENCY} concurrency; "
+                    f"{len(burst)} renders ({', '.join(f'{n} {b}' for b, n in bands.items())}) "
+                    f"contend for the {POOL} pool's {policy.pools[POOL].capacity} slots",
+                    file=sys.stderr,
                 )
-
-        for event in client.events(
-            consumer,
-            until=lambda _e: len(outcomes) == total,
-            timeout_s=WAIT_S,
-            on_idle=check_children,
-        ):
-            if event.kind.terminal and event.workflow_id in by_id:
-                outcomes[event.workflow_id] = event
-                progress.counts[event.kind.value] += 1
-                progress.update()
-        progress.update(final=True)
-        elapsed = time.monotonic() - started
-        consumer.close()
-        print_summary(by_id, outcomes, elapsed)
-        missing = total - len(outcomes)
-        market = None
-        if missing:
-            print(f"\n{missing} workflows had no outcome within {WAIT_S:.0f} s", file=sys.stderr)
-        else:
-            market = read_burst_summary(client, contenders, outcomes, policy)
-            print("\n" + "\n".join(format_market_summary(market)))
-        client.close()
+                started = time.monotonic()
+                contenders = {client.submit(c.spec, flush=False): c for c in burst}
+                by_id = {
+                    w: DemoWorkflow("render", c.spec, band=c.band) for w, c in contenders.items()
+                }
+                by_id |= {client.submit(item.spec, flush=False): item for item in mix}
+                client.flush()
+                outcomes = _outcomes(client, consumer, by_id, supervisor)
+                elapsed = time.monotonic() - started
+            print_summary(by_id, outcomes, elapsed)
+            missing = total - len(outcomes)
+            market = None
+            if missing:
+                print(
+                    f"\n{missing} workflows had no outcome within {WAIT_S:.0f} s", file=sys.stderr
+                )
+            else:
+                market = read_burst_summary(client, contenders, outcomes, policy)
+                print("\n" + "\n".join(format_market_summary(market)))
         return DemoRun(by_id, outcomes, market)
+
+
+def _apply_topics(settings: Settings, bootstrap: str, topology: Topology) -> None:
+    # Its own function: the admin client goes when it returns, before the fleet starts.
+    admin = KafkaClients(settings, bootstrap, role="demo").ready_admin()
+    apply_topics(
+        admin,
+        topology,
+        desired_topics(topology, Topics(settings.topic_prefix), topology.capabilities),
+    )
+
+
+def _outcomes(
+    client: FleetClient,
+    consumer: TopicReader,
+    by_id: dict[str, DemoWorkflow],
+    supervisor: Supervisor,
+) -> dict[str, WorkflowEvent]:
+    """The terminal events of ``by_id``'s workflows, with live progress, until all have
+    ended or WAIT_S passed; a FleetError if a fleet process exits meanwhile."""
+    total = len(by_id)
+    progress = Progress(total=total)
+    outcomes: dict[str, WorkflowEvent] = {}
+
+    def check_children() -> None:
+        progress.update()
+        for child in supervisor.dead():
+            raise FleetError(
+                f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}"
+            )
+
+    for event in client.events(
+        consumer,
+        until=lambda _e: len(outcomes) == total,
+        timeout_s=WAIT_S,
+        on_idle=check_children,
+    ):
+        if event.kind.terminal and event.workflow_id in by_id:
+            outcomes[event.workflow_id] = event
+            progress.counts[event.kind.value] += 1
+            progress.update()
+    progress.update(final=True)
+    return outcomes

@@ -308,4 +308,12 @@ class FleetClient:
         return outcomes
 
     def close(self) -> None:
-        self._producer.flush(10)
+        """Deliver what is pending, then let go of the producer and the admin client (an
+        admin client has no close(); the last reference dropped destroys it), so neither
+        outlives this client into the interpreter's exit, where librdkafka's destroy can
+        hang once the broker is gone. A second close does nothing."""
+        producer = self.__dict__.pop("_producer", None)
+        if producer is not None:
+            producer.flush(10)
+        self.__dict__.pop("_capabilities", None)
+        self.__dict__.pop("admin", None)

@@ -165,4 +165,10 @@ class TopicReader:
         return dict(self._positions)
 
     def close(self) -> None:
+        """Close the consumer and let go of the background admin client (it has no
+        close(); the last reference dropped destroys it), so it does not outlive the
+        reader into the interpreter's exit, where librdkafka's destroy can hang once the
+        broker is gone."""
         self._consumer.close()
+        self._asked = None  # the offsets it may still owe an answer for
+        self.__dict__.pop("_admin", None)

@@ -1,14 +1,22 @@
 """The demo: its sample mix plus the contended GPU burst, and the market summary.
 
 The real-broker test runs the demo's own workload (a smaller mix, the full burst) and
-checks the facts its market summary reads back from Kafka. The unit tests feed the
+checks the facts its market summary reads back from Kafka. Another runs ``fleet demo``
+itself, as a user does, with its own throw-away broker: it must end by itself once its
+summary is printed, with status 0, and leave no process behind. The unit tests feed the
 summary made-up records, to show it would catch what it claims to check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -86,6 +94,113 @@ def test_the_demo_serves_the_high_band_first_within_capacity(
     assert statistics.median(high.waits_ms) < statistics.median(low.waits_ms), printed
     assert f"ledger replay: {market.rounds} rounds, hash chain OK" in printed
     assert "lower than the low band's" in printed and "NOT" not in printed
+
+
+# Every process of the demo run below carries this in its environment (the broker too:
+# it inherits the CLI's), so /proc tells which processes are left of it.
+MARKER = "FLEET_TEST_DEMO_RUN"
+DEMO_S = 300.0  # the whole run, broker start included (about 30 s when nothing is wrong)
+EXIT_S = 90.0  # from "stopping the local broker" to the exit: the broker's stop takes
+# up to 30 s of grace plus 10 s of SIGKILL; a client destroyed after it hung for minutes
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(DEMO_S + EXIT_S + 60)
+def test_fleet_demo_ends_by_itself_and_leaves_no_process(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    # Its own run dir: the demo starts a broker there and must stop it (the jar cache,
+    # FLEET_KAFKA_CACHE, stays shared).
+    env |= {"FLEET_KAFKA_HOME": str(tmp_path / "kafka"), MARKER: marker}
+    out, err = tmp_path / "demo.out", tmp_path / "demo.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "fleetctl.cli", "demo", "--workflows", "4"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # its children are in its session, for the clean-up
+        )
+    try:
+        code = _wait_for_exit(demo, err)
+        printed = out.read_text()
+        assert code == 0, err.read_text()[-3000:]
+        assert "outputs checked against expectations:" in printed
+        assert "hash chain OK" in printed, printed
+        assert "stopping the local broker" in err.read_text()
+        assert _left_of(demo.pid, marker) == {}
+    finally:
+        _kill_left(demo, marker)
+
+
+def _wait_for_exit(demo: subprocess.Popen[bytes], err: Path) -> int:
+    """The demo's exit status, once it has ended by itself; a failure with its stacks if it
+    runs past DEMO_S, or is still alive EXIT_S after it said it stops the broker."""
+    deadline = time.monotonic() + DEMO_S
+    stopping_at: float | None = None
+    while demo.poll() is None:
+        now = time.monotonic()
+        if stopping_at is None and "stopping the local broker" in err.read_text():
+            stopping_at = now
+        late = now > deadline or (stopping_at is not None and now - stopping_at > EXIT_S)
+        if late:
+            demo.send_signal(signal.SIGUSR1)  # `fleet` prints every thread's stack
+            time.sleep(1)
+            stacks = err.read_text()[-4000:]
+            pytest.fail(
+                "fleet demo did not end by itself "
+                + ("after stopping the broker" if stopping_at else f"within {DEMO_S:.0f} s")
+                + f"; its threads:\n{stacks}"
+            )
+        time.sleep(0.5)
+    return demo.returncode
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return b""  # gone meanwhile, or not ours to read
+
+
+def _left_of(session: int, marker: str) -> dict[int, str]:
+    """Live processes of the demo run: in its session, or carrying its marker (a zombie has
+    an empty environment and command line: it has ended)."""
+    if not Path("/proc/self").exists():
+        pytest.skip("needs /proc to find the demo's processes")
+    tag = f"{MARKER}={marker}".encode()
+    found: dict[int, str] = {}
+    deadline = time.monotonic() + 5  # a child that just exited may still await its reaper
+    while True:
+        found.clear()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            pid = int(entry.name)
+            cmdline = _read_proc(pid, "cmdline")
+            if not cmdline:
+                continue
+            try:
+                in_session = os.getsid(pid) == session
+            except OSError:
+                continue
+            if in_session or tag in _read_proc(pid, "environ").split(b"\0"):
+                found[pid] = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _kill_left(demo: subprocess.Popen[bytes], marker: str) -> None:
+    """Whatever happened, nothing of the run outlives the test."""
+    if demo.poll() is None:
+        demo.kill()
+        demo.wait(10)
+    if Path("/proc/self").exists():
+        for pid in _left_of(demo.pid, marker):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.unit
