@@ -40,12 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     finally:
-        # Every command closes its Kafka clients, but one can outlive its owner in a
-        # reference cycle (a tenacity-retried closure holds the admin client it probed)
-        # until the garbage collector runs. Collected here, it goes while the broker is
-        # most likely still up, not somewhere in the interpreter's exit: destroying a
-        # librdkafka client after its broker is gone can hang for good (the demo did, for
-        # minutes; it collects before it stops its own broker).
+        # Every command closes its Kafka clients. One that outlived its owner in a
+        # reference cycle is collected here, while the broker is most likely still up,
+        # not somewhere in the interpreter's exit: destroying a librdkafka client after
+        # its broker is gone can hang for good (the demo did, for minutes).
         gc.collect()
 
 

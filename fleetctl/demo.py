@@ -235,12 +235,12 @@ def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False
         return run_workload(settings, workflows, log_dir).exit_code
     finally:
         if started_broker and not keep_broker:
-            # Every client of the run is closed by now, but one can outlive its owner in a
-            # reference cycle until the garbage collector runs (the tenacity-retried probe
-            # in fleet.kafka.clients.wait_for_broker holds the admin client it probed).
-            # Collected now, it goes while the broker still answers; collected at the
-            # interpreter's exit, after the broker stopped, its destroy hung the demo for
-            # minutes (rdk:main joining an rdk:broker thread that never ended).
+            # Every client of the run is closed by now. One that outlived its owner in a
+            # reference cycle would be destroyed at the next garbage collection, and at
+            # the interpreter's exit, after the broker stopped, librdkafka's destroy hangs
+            # (rdk:main joining an rdk:broker thread that never ends: the demo hung for
+            # minutes when fleet.kafka.clients kept its probed admin client in such a
+            # cycle). Collected now, any such client goes while the broker answers.
             gc.collect()
             print("stopping the local broker", file=sys.stderr)
             local.stop()

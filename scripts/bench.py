@@ -215,6 +215,7 @@ def main() -> None:
             _run_sections(args, settings, Path(tmp))
     finally:
         if started_broker:
+            gc.collect()  # no Kafka client left to destroy after its broker is gone
             LocalKafka(settings).stop()
 
 

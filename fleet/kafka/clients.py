@@ -24,7 +24,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from tenacity import (
     RetryError,
-    retry,
+    Retrying,
     retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
@@ -194,7 +194,11 @@ def _log_client_error(err: KafkaError) -> None:
 def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0, where: str = "") -> None:
     """Block until the cluster answers a metadata request, retrying with backoff."""
 
-    @retry(
+    # Retrying(...)(call), not a decorated closure: tenacity's wrapper refers to itself, so
+    # a closure's client would live on in a reference cycle until a garbage collection,
+    # and librdkafka's destroy of a client collected after its broker stopped never
+    # returns (the demo hung at exit that way).
+    retrying = Retrying(
         retry=retry_if_exception_type(KafkaException),
         wait=wait_exponential(multiplier=0.2, max=2.0),
         stop=stop_after_delay(timeout_s),
@@ -202,11 +206,8 @@ def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0, where: str = ""
             "broker not answering yet; retrying", attempt=state.attempt_number, where=where
         ),
     )
-    def _probe() -> None:
-        admin.list_topics(timeout=min(5.0, timeout_s))
-
     try:
-        _probe()
+        retrying(admin.list_topics, timeout=min(5.0, timeout_s))
     except RetryError as exc:
         raise BrokerError(
             f"Kafka {where or 'cluster'} did not answer within {timeout_s:g} s "
@@ -244,13 +245,13 @@ def _retriable(exc: BaseException) -> bool:
 
 def retry_transient(call: Callable[[], T], timeout_s: float = 30.0) -> T:
     """Run a client call, retrying errors Kafka marks retriable (no leader yet, and so on)."""
-    retrying = retry(
+    retrying = Retrying(  # not a decorated closure: see wait_for_broker
         retry=retry_if_exception(_retriable),
         wait=wait_exponential(multiplier=0.05, max=1.0),
         stop=stop_after_delay(timeout_s),
         reraise=True,
     )
-    return retrying(call)()
+    return retrying(call)
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
@@ -314,20 +315,22 @@ def produce(
     except BufferError:
         pass
 
-    @retry(
+    retrying = Retrying(  # not a decorated closure: see wait_for_broker
         retry=retry_if_exception_type(BufferError),
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=0.01, max=0.5),
         before_sleep=lambda _: _serve_callbacks(producer),
         reraise=True,
     )
-    def _produce() -> None:
-        producer.produce(
-            topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
-        )
-
     try:
-        _produce()
+        retrying(
+            producer.produce,
+            topic,
+            value=value,
+            key=key,
+            headers=list(headers),
+            on_delivery=on_delivery,
+        )
     except BufferError as exc:
         raise BrokerError(
             f"producer queue to {topic} stayed full after {attempts} tries; is the broker down?"
