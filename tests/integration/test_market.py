@@ -55,6 +55,22 @@ def _read(settings: Settings, topic: str) -> list[bytes]:
     return [r.value() or b"" for r in records]
 
 
+def _outcomes_after_releases(
+    settings: Settings, codec: Codec, topic: str, leases: int
+) -> list[MarketOutcome]:
+    """The market's outcomes once ``leases`` leases have ended, or after 30 s.
+
+    A lease's release is an input the auctioneer handles after the workflow completed,
+    so its ENDED outcome can still be on its way when the last COMPLETED event is read."""
+    deadline = time.monotonic() + 30
+    while True:
+        outcomes = [codec.decode(v, MarketOutcome) for v in _read(settings, topic)]
+        ended = sum(o.kind is MarketOutcomeKind.ENDED for o in outcomes)
+        if ended >= leases or time.monotonic() > deadline:
+            return outcomes
+        time.sleep(0.5)
+
+
 def test_contended_gpu_work_runs_within_capacity_pays_and_replays(fleet: Fleet) -> None:
     events = fleet.run_many([_render(300) for _ in range(8)])
     assert [e.kind for e in events] == [EventKind.COMPLETED] * 8, [e.error for e in events]
@@ -71,9 +87,7 @@ def test_contended_gpu_work_runs_within_capacity_pays_and_replays(fleet: Fleet) 
 
     codec = Codec(SchemaStore(fleet.settings.schemas_dir))
     topics = fleet.client.topics
-    outcomes = [
-        codec.decode(v, MarketOutcome) for v in _read(fleet.settings, topics.market_outcomes)
-    ]
+    outcomes = _outcomes_after_releases(fleet.settings, codec, topics.market_outcomes, 8)
     granted = [o for o in outcomes if o.kind is MarketOutcomeKind.GRANTED]
     assert len(granted) == 8
     released = [o for o in outcomes if o.kind is MarketOutcomeKind.ENDED]
