@@ -1,7 +1,8 @@
 """LocalKafka: start, restart, stop the local broker (or cluster) of one run dir.
 
-A run dir holds one broker, or a cluster of a few KRaft nodes; tests use their own run
-dir and never touch a user's broker. A cluster is for fault tests: ``kill_node`` crashes
+A run dir holds one broker, or a cluster of a few KRaft nodes; it keeps their data and
+ports across stop and start, and a fresh start wipes them. Tests use their own run dir
+and never touch a user's broker. A cluster is for fault tests: ``kill_node`` crashes
 one node, ``start_node`` brings it back on its own data and ports. Every operation holds
 the run dir's lock, so concurrent callers end with one broker.
 """
@@ -21,6 +22,7 @@ import structlog
 from fleet.errors import LocalKafkaError
 from fleet.settings import Settings
 from fleetctl.localkafka.jars import KafkaJars
+from fleetctl.localkafka.kept import KeptBroker, read_kept, taken, write_kept
 from fleetctl.localkafka.nodes import Node, cluster_id, free_ports, layout
 from fleetctl.localkafka.process import (
     exists,
@@ -69,17 +71,24 @@ class LocalKafka:
         return self.jars.ensure()
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self, timeout_s: float = 60) -> str:
+    def start(self, timeout_s: float = 60, *, fresh: bool = False) -> str:
         """Start the broker(s) of this run dir (or find them running); return the bootstrap.
 
-        A cluster with a node down or not answering is stopped and started afresh.
+        A broker that ran here before starts again on its kept data and ports (see
+        :mod:`~fleetctl.localkafka.kept`), so clients that kept running find it where it
+        was; a port someone else holds meanwhile is an error, not a silent move.
+        ``fresh`` stops a running one and wipes the data (ports are kept if still free).
+        A cluster with a node down or not answering is stopped and started again.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # The lock makes concurrent starts (two CLIs, parallel test sessions sharing a run
         # dir) end with one broker: the second caller finds the first one's broker alive.
         with flock(self.run_dir / ".lock"):
             running = self.status()
-            if running is not None:
+            if running is not None and fresh:
+                self._log.info(f"stopping local broker {running.bootstrap} to start it fresh")
+                self._stop_locked(running, timeout_s=30.0)
+            elif running is not None:
                 cluster = nodes_of(running)
                 if len(cluster) != self.nodes:
                     raise LocalKafkaError(
@@ -92,28 +101,78 @@ class LocalKafka:
                 ):
                     return running.bootstrap
                 self._log.warning(
-                    f"local broker {running.bootstrap} is not all up; starting it afresh",
+                    f"local broker {running.bootstrap} is not all up; starting it again",
                     pids=dict(running.pids),
                 )
                 self._stop_locked(running, timeout_s=30.0)
+            kept = None if fresh else self._resumable()
+            if kept is not None:
+                return self._resume(kept, timeout_s)
             return self._start_fresh(timeout_s)
+
+    def kept(self) -> KeptBroker | None:
+        """What this run dir keeps for a start to resume (ports, data), or None."""
+        kept = read_kept(self.run_dir)
+        return kept if kept is not None and kept.formatted() else None
+
+    def _resumable(self) -> KeptBroker | None:
+        kept = self.kept()
+        if kept is not None and len(kept.ports) != self.nodes:
+            raise LocalKafkaError(
+                f"the local broker kept in {self.run_dir} has {len(kept.ports)} node(s), not "
+                f"{self.nodes}; start it fresh to wipe its data and lay it out anew"
+            )
+        return kept
+
+    def _resume(self, kept: KeptBroker, timeout_s: float) -> str:
+        """Start the nodes again on their data and recorded ports, as they were."""
+        started = time.monotonic()
+        busy = taken(kept.ports)
+        if busy:
+            raise LocalKafkaError(
+                f"the local broker in {self.run_dir} listens on {kept.bootstrap}, but another "
+                f"process holds port(s) {', '.join(map(str, busy))}. Stop that process, or "
+                "start the broker fresh (`fleet kafka start --fresh`: new ports, its data wiped)"
+            )
+        if kept.version != self.version:
+            self._log.warning(
+                f"the local broker's data was last run by Apache Kafka {kept.version}; "
+                f"starting {self.version} on it"
+            )
+        cluster = kept.nodes
+        for node in cluster:  # the config of this product version, on the same ports
+            node.write_config(kept.ports)
+        write_kept(KeptBroker(self.run_dir, self.version, kept.ports))
+        self._bootstrap_file.write_text(f"{kept.bootstrap}\n")
+        try:
+            self._launch(cluster, started, timeout_s)
+        except LocalKafkaError as exc:
+            raise LocalKafkaError(
+                f"{exc}\nIt started on the data it kept in {self.run_dir} (last run by "
+                f"Kafka {kept.version}); `fleet kafka start --fresh` wipes it and starts anew"
+            ) from exc
+        return kept.bootstrap
 
     def _start_fresh(self, timeout_s: float) -> str:
         java = self.jars.java()
         libs = self.ensure_jars()
         started = time.monotonic()
-        free = free_ports(2 * self.nodes)
-        ports = list(zip(free[0::2], free[1::2], strict=True))
+        before = read_kept(self.run_dir)
+        ports = before.ports if before is not None else ()
+        if len(ports) != self.nodes or taken(ports):
+            free = free_ports(2 * self.nodes)
+            ports = tuple(zip(free[0::2], free[1::2], strict=True))
         cluster = layout(self.run_dir, [f"127.0.0.1:{port}" for port, _ in ports])
         self._forget(cluster)
         new_id = cluster_id()
         formats: list[subprocess.Popen[str]] = []
         failed: str | None = None
+        # Fresh data and a new cluster id: a dir formatted for another cluster id refuses
+        # to start. Every data dir this run dir had goes, also of a cluster laid out anew.
+        for node in (before.nodes if before is not None else []) + cluster:
+            shutil.rmtree(node.data, ignore_errors=True)
         for node in cluster:
             node.dir.mkdir(exist_ok=True)
-            # Fresh data and a new cluster id on every start: a dir formatted for another
-            # cluster id refuses to start, and leftovers from a crashed run prove nothing.
-            shutil.rmtree(node.data, ignore_errors=True)
             node.write_config(ports)
             fmt = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format"]
             fmt += ["-t", new_id, "-c", str(node.props_file)]
@@ -127,6 +186,7 @@ class LocalKafka:
                 failed = failed or output
         if failed is not None:
             raise LocalKafkaError("formatting the local broker's storage failed:\n" + tail(failed))
+        write_kept(KeptBroker(self.run_dir, self.version, ports))
         bootstrap = ",".join(node.address for node in cluster)
         self._bootstrap_file.write_text(f"{bootstrap}\n")
         self._launch(cluster, started, timeout_s)

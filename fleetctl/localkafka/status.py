@@ -29,6 +29,8 @@ class BrokerStatus:
     version: str
     run_dir: Path
     pids: Mapping[int, int]  # node id -> pid, live nodes only
+    # Where its topics live, node 1 first: kept across stop and start (localkafka.kept).
+    data_dirs: tuple[Path, ...] = ()
 
 
 def bootstrap_file(run_dir: Path) -> Path:
@@ -72,7 +74,8 @@ def find_running(run_dir: Path, version: str) -> BrokerStatus | None:
         return None
     bootstrap = ",".join(node.address for node in cluster)
     pid = next(iter(pids.values()))
-    return BrokerStatus(pid, bootstrap, version, run_dir, pids)
+    data_dirs = tuple(node.data for node in cluster)
+    return BrokerStatus(pid, bootstrap, version, run_dir, pids, data_dirs)
 
 
 def answers(bootstrap: str, timeout_s: float) -> bool:

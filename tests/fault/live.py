@@ -88,7 +88,8 @@ class LiveRun:
         else:
             self.local = LocalKafka(base, nodes=config.brokers)
             self.started_broker = True
-            bootstrap = self.local.start(timeout_s=120 if config.brokers == 1 else 240)
+            # Fresh: a run dir given again (--run-dir) may keep an earlier run's data.
+            bootstrap = self.local.start(timeout_s=120 if config.brokers == 1 else 240, fresh=True)
             self._lap("broker start", began)
             log(f"local broker up on {bootstrap}")
         settings = base.with_bootstrap(bootstrap)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -19,8 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleet.errors import LocalKafkaError
 from fleet.settings import Settings
-from fleetctl.localkafka import LocalKafka
-from fleetctl.localkafka.nodes import layout, server_properties
+from fleetctl.localkafka import KeptBroker, LocalKafka
+from fleetctl.localkafka.kept import read_kept, write_kept
+from fleetctl.localkafka.nodes import free_ports, layout, server_properties
 
 
 def _local(run_dir: Path, nodes: int = 1, **update: object) -> LocalKafka:
@@ -64,6 +66,48 @@ def test_start_is_idempotent_serves_records_and_stop_is_idempotent(tmp_path: Pat
     assert stopped is True
     assert local.status() is None
     assert local.stop() is False
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_a_stopped_broker_starts_again_on_its_port_and_data_and_fresh_wipes_it(
+    tmp_path: Path,
+) -> None:
+    # The trap of issue 10: stop then start wiped every topic and moved the port, so the
+    # orchestrator and worker still running retried the old address forever.
+    run_dir = tmp_path / "run"
+    local = _local(run_dir)
+    try:
+        bootstrap = local.start(timeout_s=120)
+        status = local.status()
+        assert status is not None
+        assert status.data_dirs == (run_dir.resolve() / "data",)
+        topic = f"localkafka-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce(topic, key=b"k", value=b"kept")
+        assert producer.flush(30) == 0
+        del producer, admin  # no client outlives the broker it talks to
+
+        assert local.stop() is True
+        kept = local.kept()
+        assert kept is not None
+        assert kept.bootstrap == bootstrap
+        assert kept.data_dirs == status.data_dirs
+
+        # Another process's LocalKafka (a new `fleet kafka start`) finds the same place.
+        again = _local(run_dir)
+        assert again.start(timeout_s=120) == bootstrap
+        assert _read_all(bootstrap, topic) == [(b"k", b"kept")]
+
+        # Fresh on request: the data goes (the port stays, being free).
+        assert again.start(timeout_s=120, fresh=True) == bootstrap
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert topic not in admin.list_topics(timeout=30).topics
+        del admin
+    finally:
+        local.stop()
 
 
 @pytest.mark.kafka
@@ -254,6 +298,58 @@ def test_a_single_broker_keeps_its_files_in_the_run_dir(tmp_path: Path) -> None:
     assert [node.node_id for node in cluster] == [1, 2, 3]
     assert cluster[2].dir == tmp_path / "node-3"
     assert cluster[2].address == "127.0.0.1:9292"
+
+
+def _keep(run_dir: Path, ports: list[tuple[int, int]], version: str = "4.2.1") -> None:
+    """A run dir as a stopped broker leaves it: its recorded ports, its formatted data."""
+    run_dir.mkdir(parents=True)
+    write_kept(KeptBroker(run_dir, version, tuple(ports)))
+    for node in layout(run_dir, [f"127.0.0.1:{port}" for port, _ in ports]):
+        node.data.mkdir(parents=True)
+        (node.data / "meta.properties").write_text("cluster.id=kept\n")
+
+
+@pytest.mark.unit
+def test_a_taken_port_is_an_error_not_a_silent_move(tmp_path: Path) -> None:
+    port, cport = free_ports(2)
+    _keep(tmp_path / "run", [(port, cport)])
+    local = LocalKafka(Settings(kafka_cache_dir=tmp_path / "cache", kafka_run_dir=tmp_path / "run"))
+    kept = local.kept()
+    assert kept is not None
+    assert kept.bootstrap == f"127.0.0.1:{port}"
+    assert kept.data_dirs == ((tmp_path / "run").resolve() / "data",)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(LocalKafkaError) as raised:
+            local.start()
+    message = str(raised.value)
+    assert f"listens on 127.0.0.1:{port}, but another process holds port(s) {port}" in message
+    assert "fleet kafka start --fresh" in message
+    assert (tmp_path / "run" / "data" / "meta.properties").is_file()  # nothing wiped
+    assert read_kept(tmp_path / "run") == kept  # nor moved
+
+
+@pytest.mark.unit
+def test_what_a_run_dir_keeps(tmp_path: Path) -> None:
+    settings = Settings(kafka_cache_dir=tmp_path / "cache", kafka_run_dir=tmp_path / "run")
+    assert LocalKafka(settings).kept() is None  # never started
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ports.json").write_text("{not json")
+    assert read_kept(tmp_path / "run") is None
+    # Ports recorded but no data (a format that failed, data removed): nothing to resume.
+    write_kept(KeptBroker(tmp_path / "run", "4.2.1", ((9092, 9093),)))
+    assert LocalKafka(settings).kept() is None
+    # A kept 3-node cluster is not resumed as one broker, nor wiped without asking.
+    _keep(tmp_path / "three", [(9092, 9093), (9192, 9193), (9292, 9293)])
+    three = LocalKafka(settings.model_copy(update={"kafka_run_dir": tmp_path / "three"}))
+    kept = three.kept()
+    assert kept is not None
+    assert kept.bootstrap == "127.0.0.1:9092,127.0.0.1:9192,127.0.0.1:9292"
+    assert kept.data_dirs[2] == (tmp_path / "three").resolve() / "node-3" / "data"
+    with pytest.raises(LocalKafkaError, match="has 3 node\\(s\\), not 1; start it fresh"):
+        three.start()
+    assert (tmp_path / "three" / "node-1" / "data" / "meta.properties").is_file()
 
 
 @pytest.mark.unit
