@@ -113,6 +113,9 @@ class EventKind(StrEnum):
     FAILED = "FAILED"
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
+    # A task attempt was dispatched (appended last: Avro enums resolve by symbol, and a
+    # reader older than it maps it to UNKNOWN, the enum's default).
+    STEP_STARTED = "STEP_STARTED"
 
     @property
     def terminal(self) -> bool:
@@ -148,6 +151,14 @@ class WorkflowEvent(Message):
     # Terminal events of workflows that bid: what they spent, charge by charge, so anyone
     # can reconcile them with the market ledger.
     budget: JsonValue = None
+    # STEP_STARTED: the attempt dispatched (and the element of a for_each step).
+    # STEP_COMPLETED of a plain step: the attempt that completed it and its worker. No
+    # worker at dispatch: a task goes to its capability's topic, and any worker of the
+    # pool may take it.
+    task_id: str | None = None
+    attempt: int | None = None
+    index: int | None = None
+    worker_id: str | None = None
 
 
 class Header(BaseModel):
@@ -274,3 +285,26 @@ class BudgetTopUpRequested(Message):
     amount: int
     requested_by: str | None = None
     requested_at_ms: int
+
+
+class CancelReason(StrEnum):
+    """Why the orchestrator stopped waiting for a task attempt: a TaskCancelled's reason."""
+
+    WORKFLOW_CANCELLED = "workflow_cancelled"  # `fleet cancel` (a WorkflowCancelRequested)
+    TIMED_OUT = "timed_out"  # no result by the attempt's deadline
+    WORKFLOW_FAILED = "workflow_failed"  # another step failed it, or its deadline passed
+
+
+class TaskCancelled(Message):
+    """Stop running one task attempt: the orchestrator will drop its result anyway."""
+
+    schema_name: ClassVar[str] = "io.fleet.TaskCancelled"
+
+    task_id: str
+    workflow_id: str
+    capability: str
+    attempt: int
+    # A CancelReason, kept a plain string (as on the wire), like MarketOutcome.reason.
+    reason: str
+    detail: str = ""
+    at_ms: int

@@ -31,7 +31,7 @@ from fleet.messages import (
     TaskStatus,
     WorkflowError,
 )
-from orchestrator.effects import FinishedTask
+from orchestrator.effects import FinishedTask, started_event
 from orchestrator.market.budget import Budget, Denied
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.spec import StepSpec
@@ -42,7 +42,8 @@ from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
 
 
 def launch(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun) -> None:
-    """Dispatch ``run.attempt``, once it holds a lease on every pool its step needs."""
+    """Dispatch ``run.attempt``, once it holds a lease on every pool its step needs, and
+    announce it with a STEP_STARTED event."""
     if step.resources:
         run.acquiring = True
         pool = next_pool(step, run)
@@ -58,7 +59,9 @@ def launch(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, ru
                 ) from denied
             return
         run.acquiring = False
-    t.fx.tasks.append(t.store.dispatch(state, step, task_id, run, t.now_ms))
+    task = t.store.dispatch(state, step, task_id, run, t.now_ms)
+    t.fx.tasks.append(task)
+    t.fx.events.append(started_event(state, task))
 
 
 def granted(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pydantic import JsonValue
 
@@ -10,6 +10,7 @@ from fleet.messages import (
     EventKind,
     MarketInput,
     TaskAssigned,
+    TaskCancelled,
     WorkflowError,
     WorkflowEvent,
 )
@@ -26,6 +27,16 @@ class FinishedTask:
     succeeded: bool
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """The task attempt a step's event is about (WorkflowEvent fields of the same names)."""
+
+    task_id: str
+    attempt: int
+    index: int | None = None
+    worker_id: str | None = None  # known once a result came back, never at dispatch
+
+
 @dataclass
 class Effects:
     """What the shell must do after one input, in this order within each list."""
@@ -35,6 +46,8 @@ class Effects:
     finished: list[FinishedTask] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # why an input was ignored
     market: list[MarketInput] = field(default_factory=list)  # market.bids, key resource
+    # task.cancellations, key workflow_id: attempts the engine stopped waiting for.
+    cancellations: list[TaskCancelled] = field(default_factory=list)
     budget_denials: int = 0
     settlement_lags_ms: list[int] = field(default_factory=list)
 
@@ -86,9 +99,10 @@ def state_event(
     step_id: str | None = None,
     output: JsonValue = None,
     error: WorkflowError | None = None,
+    attempt: Attempt | None = None,
 ) -> WorkflowEvent:
     """An event of an accepted workflow (it carries the workflow's name and submit time;
-    a terminal one also its spending, if it bid)."""
+    a terminal one also its spending, if it bid; a step's event the attempt it names)."""
     made = event(
         state.workflow_id,
         kind,
@@ -99,6 +113,8 @@ def state_event(
         output=output,
         error=error,
     )
+    if attempt is not None:
+        made = made.model_copy(update=asdict(attempt))
     if kind.terminal and state.budget is not None:
         budget = state.budget
         charges: dict[str, JsonValue] = {h: s.charge for h, s in sorted(budget.settled.items())}
@@ -108,6 +124,18 @@ def state_event(
         spent = {"limit": budget.limit, "spent": budget.spent, "charges": charges, "held": held}
         made = made.model_copy(update={"budget": spent})
     return made
+
+
+def started_event(state: WorkflowState, task: TaskAssigned) -> WorkflowEvent:
+    """STEP_STARTED: ``task``'s attempt was dispatched (one event per attempt, retries
+    included, so a long step shows it is under way and on which attempt)."""
+    return state_event(
+        state,
+        EventKind.STEP_STARTED,
+        task.dispatched_at_ms,
+        step_id=task.step_id,
+        attempt=Attempt(task.task_id, task.attempt, task.index),
+    )
 
 
 def deadline_error(state: WorkflowState) -> WorkflowError:

@@ -28,6 +28,7 @@ from pydantic import JsonValue
 from fleet.errors import ConfigError, SpecError
 from fleet.messages import (
     BudgetTopUpRequested,
+    CancelReason,
     EventKind,
     MarketOutcome,
     MarketOutcomeKind,
@@ -35,9 +36,10 @@ from fleet.messages import (
     TaskStatus,
     WorkflowCancelRequested,
     WorkflowError,
+    WorkflowEvent,
     WorkflowSubmitted,
 )
-from orchestrator import acquire, admission, decompose, fanin, retry
+from orchestrator import acquire, admission, cancellation, decompose, fanin, retry
 from orchestrator.effects import Effects, FinishedTask, deadline_error, event, state_event
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.spec import parse_spec
@@ -215,7 +217,7 @@ class Engine:
         t = self._transition(now_ms, effects)
         try:
             if succeeded:
-                if fanin.task_succeeded(t, state, run, result.output):
+                if fanin.task_succeeded(t, state, run, result.output, result.worker_id):
                     decompose.advance(t, state)
             else:
                 failed = AttemptFailure(result.task_id, run, result.status, result.error)
@@ -245,7 +247,9 @@ class Engine:
             )
             return effects
         error = WorkflowError(type="Cancelled", message=request.reason or "cancelled")
-        acquire.abandon(self._transition(now_ms, effects), state)
+        t = self._transition(now_ms, effects)
+        cancellation.workflow_ended(t, state, CancelReason.WORKFLOW_CANCELLED, error.message)
+        acquire.abandon(t, state)
         effects.events.append(state_event(state, EventKind.CANCELLED, now_ms, error=error))
         # Dropping the state drops its timers: no retry or timeout can dispatch again.
         self._store.finish(workflow_id, EventKind.CANCELLED, now_ms)
@@ -356,7 +360,16 @@ def _fail(t: Transition, state: WorkflowState, error: WorkflowError) -> None:
     """Emit the workflow's one FAILED event and finish it."""
     # Tasks this workflow produced earlier in the same call would only do orphaned
     # work, so they are withdrawn before the shell sees them.
+    unsent = {(task.task_id, task.attempt) for task in t.fx.tasks}
     t.fx.tasks[:] = [task for task in t.fx.tasks if task.workflow_id != state.workflow_id]
+    t.fx.events[:] = [e for e in t.fx.events if not _started_of(e, state.workflow_id)]
+    cancellation.workflow_ended(t, state, CancelReason.WORKFLOW_FAILED, error.message, unsent)
     acquire.abandon(t, state)
     t.fx.events.append(state_event(state, EventKind.FAILED, t.now_ms, error=error))
     t.store.finish(state.workflow_id, EventKind.FAILED, t.now_ms)
+
+
+def _started_of(event: WorkflowEvent, workflow_id: str) -> bool:
+    """A STEP_STARTED of ``workflow_id``: withdrawn with the task it announced."""
+    return event.kind is EventKind.STEP_STARTED and event.workflow_id == workflow_id
+

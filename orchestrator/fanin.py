@@ -14,15 +14,17 @@ from pydantic import JsonValue
 
 from fleet.errors import ResolutionError
 from fleet.messages import EventKind, WorkflowError
-from orchestrator.effects import state_event
+from orchestrator.effects import Attempt, state_event
 from orchestrator.refs import resolve
 from orchestrator.state import TaskRun, WorkflowState
 from orchestrator.transition import Transition, WorkflowFailed
 
 
-def task_succeeded(t: Transition, state: WorkflowState, run: TaskRun, output: JsonValue) -> bool:
-    """Accept ``run``'s output; True when it was its step's last task, so the step is
-    complete (its dependents may start: ``decompose.advance``)."""
+def task_succeeded(
+    t: Transition, state: WorkflowState, run: TaskRun, output: JsonValue, worker_id: str
+) -> bool:
+    """Accept ``run``'s output (from ``worker_id``); True when it was its step's last task,
+    so the step is complete (its dependents may start: ``decompose.advance``)."""
     run.succeeded, run.output = True, output
     step_run = state.running[run.step_id]
     step_run.remaining -= 1
@@ -30,15 +32,24 @@ def task_succeeded(t: Transition, state: WorkflowState, run: TaskRun, output: Js
         return False
     runs = [state.tasks.pop(task_id) for task_id in step_run.task_ids]
     del state.running[run.step_id]
-    result: JsonValue = [r.output for r in runs] if step_run.fan_out else runs[0].output
-    complete_step(t, state, run.step_id, result)
+    if step_run.fan_out:
+        complete_step(t, state, run.step_id, [r.output for r in runs])
+    else:
+        # A plain step is one task: its event names the attempt and the worker that did
+        # it. A fan-out's elements may each have had several (their STEP_STARTED events).
+        by = Attempt(step_run.task_ids[0], run.attempt, worker_id=worker_id)
+        complete_step(t, state, run.step_id, runs[0].output, by)
     return True
 
 
-def complete_step(t: Transition, state: WorkflowState, step_id: str, output: JsonValue) -> None:
+def complete_step(
+    t: Transition, state: WorkflowState, step_id: str, output: JsonValue, by: Attempt | None = None
+) -> None:
     state.outputs[step_id] = output
     t.fx.events.append(
-        state_event(state, EventKind.STEP_COMPLETED, t.now_ms, step_id=step_id, output=output)
+        state_event(
+            state, EventKind.STEP_COMPLETED, t.now_ms, step_id=step_id, output=output, attempt=by
+        )
     )
 
 

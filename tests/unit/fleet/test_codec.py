@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import itertools
 import json
 from pathlib import Path
@@ -276,3 +277,23 @@ def test_decode_any_picks_the_type_the_writer_named() -> None:
             CODEC.encode(VALID_TASK),
             either,
         )
+
+
+def test_a_reader_of_the_previous_event_schema_sees_step_started_as_unknown() -> None:
+    """STEP_STARTED is appended to the enum, whose default is UNKNOWN: a consumer built on
+    v3 keeps reading the stream during a rolling upgrade instead of failing on it."""
+    event = WorkflowEvent(
+        workflow_id="w",
+        kind=EventKind.STEP_STARTED,
+        step_id="s",
+        task_id="w/s/0",
+        attempt=2,
+        at_ms=1,
+    )
+    current = STORE.schema_for("io.fleet.WorkflowEvent")
+    [v3] = [s for s in STORE.previous if s.name == current.name and s.version == 3]
+    body = io.BytesIO(CODEC.encode(event)[10:])
+    old = fastavro.schemaless_reader(body, current.parsed, v3.parsed)
+    assert isinstance(old, dict)
+    assert (old["kind"], old["step_id"]) == ("UNKNOWN", "s")
+    assert CODEC.decode(CODEC.encode(event), WorkflowEvent) == event

@@ -106,8 +106,8 @@ def test_linear_chain_runs_each_step_after_the_previous() -> None:
         output={"a": "$.steps.a.output.v", "c": "$.steps.c.output"},
     )
     fx = submit(engine, doc, now=1_000)
-    assert kinds(fx) == [(EventKind.ACCEPTED, None)]
-    accepted = fx.events[0]
+    assert kinds(fx) == [(EventKind.ACCEPTED, None), (EventKind.STEP_STARTED, "a")]
+    accepted, started = fx.events
     assert (accepted.workflow_name, accepted.submitted_at_ms, accepted.at_ms) == ("wf", 500, 1_000)
     [a] = fx.tasks
     assert a == TaskAssigned(
@@ -122,10 +122,21 @@ def test_linear_chain_runs_each_step_after_the_previous() -> None:
         dispatched_at_ms=1_000,
     )
     assert (engine.active, engine.in_flight) == (1, 1)
+    # Dispatched: the task and its attempt, no worker yet (any worker of the pool may take it).
+    assert (started.task_id, started.attempt, started.index, started.worker_id) == (
+        "wf-1/a/0",
+        1,
+        None,
+        None,
+    )
+    assert (started.at_ms, started.workflow_name, started.submitted_at_ms) == (1_000, "wf", 500)
 
     fx = engine.on_result(result(a, {"v": 1}), 1_200)
-    assert kinds(fx) == [(EventKind.STEP_COMPLETED, "a")]
+    assert kinds(fx) == [(EventKind.STEP_COMPLETED, "a"), (EventKind.STEP_STARTED, "b")]
     assert fx.events[0].output == {"v": 1}
+    # A plain step's completion names the attempt and the worker that did it.
+    done = fx.events[0]
+    assert (done.task_id, done.attempt, done.worker_id) == ("wf-1/a/0", 1, "worker-1")
     assert fx.finished == [FinishedTask(capability="work", latency_ms=200, succeeded=True)]
     [b] = fx.tasks
     assert (b.task_id, b.input, b.deadline_ms) == ("wf-1/b/0", {"prev": 1}, 1_200 + 300_000)
@@ -182,9 +193,11 @@ def test_fan_out_of_50_fans_in_in_element_order(order: list[int]) -> None:
         if delivered < 50:
             assert fx.tasks == []
             assert fx.events == []
-    assert kinds(fx) == [(EventKind.STEP_COMPLETED, "enrich")]
+    assert kinds(fx) == [(EventKind.STEP_COMPLETED, "enrich"), (EventKind.STEP_STARTED, "report")]
     expected = [{"host": h} for h in hosts]
     assert fx.events[0].output == expected
+    # A fan-out's completion names no single attempt or worker.
+    assert (fx.events[0].task_id, fx.events[0].attempt, fx.events[0].worker_id) == (None,) * 3
     [report] = fx.tasks
     assert report.input == {"findings": expected}
 
@@ -193,7 +206,11 @@ def test_empty_fan_out_completes_at_once_and_cascades() -> None:
     engine = Engine(has_capability=lambda cap: True)
     [triage] = submit(engine, INCIDENT).tasks
     fx = engine.on_result(result(triage, {"hosts": []}), 2_000)
-    assert kinds(fx) == [(EventKind.STEP_COMPLETED, "triage"), (EventKind.STEP_COMPLETED, "enrich")]
+    assert kinds(fx) == [
+        (EventKind.STEP_COMPLETED, "triage"),
+        (EventKind.STEP_COMPLETED, "enrich"),
+        (EventKind.STEP_STARTED, "report"),
+    ]
     assert fx.events[1].output == []
     [report] = fx.tasks
     assert report.input == {"findings": []}
@@ -223,7 +240,12 @@ def test_a_retryable_failure_is_retried_then_succeeds() -> None:
     doc = spec(step("a", retries=2, timeout_s=10, backoff_s=0), output="$.steps.a.output")
     [first] = submit(engine, doc).tasks
     fx = engine.on_result(failure(first, retryable=True), 5_000)
-    assert fx.events == []
+    assert kinds(fx) == [(EventKind.STEP_STARTED, "a")]  # the retry is announced, attempt 2
+    assert (fx.events[0].task_id, fx.events[0].attempt, fx.events[0].at_ms) == (
+        first.task_id,
+        2,
+        5_000,
+    )
     assert fx.finished == [FinishedTask(capability="work", latency_ms=4_000, succeeded=False)]
     [second] = fx.tasks
     assert (second.task_id, second.attempt, second.input) == (first.task_id, 2, first.input)

@@ -55,7 +55,7 @@ def test_the_finished_record_expires_with_a_tombstone_then_the_id_is_free() -> N
     assert (e.retained, e.finished_of("wf-1"), e.next_due_ms()) == (0, None, None)
     # After retention the id is new again: a second, separate workflow.
     fx = submit(e, spec(step("a")), now=70_000)
-    assert kinds(fx) == [(EventKind.ACCEPTED, None)]
+    assert kinds(fx) == [(EventKind.ACCEPTED, None), (EventKind.STEP_STARTED, "a")]
 
 
 def test_a_rejected_submission_is_remembered_too() -> None:

@@ -34,7 +34,7 @@ def test_an_attempt_past_its_deadline_is_retried_like_a_retryable_failure() -> N
     assert (second.task_id, second.attempt, second.input) == (first.task_id, 2, first.input)
     assert (second.dispatched_at_ms, second.deadline_ms) == (31_000, 61_000)
     assert fx.finished == [FinishedTask(capability="work", latency_ms=30_000, succeeded=False)]
-    assert fx.events == []
+    assert [(ev.kind, ev.attempt) for ev in fx.events] == [(EventKind.STEP_STARTED, 2)]
     assert e.in_flight == 1
     # The first attempt's answer arrives after all: stale.
     late = e.on_result(result(first, "late"), 31_500)
