@@ -225,6 +225,10 @@ def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False
     local = LocalKafka(settings)
     started_broker = False
     if not settings.bootstrap_servers:
+        if local.status() is None and not keep_broker:
+            # Not started on the user's development broker and its data: a throw-away one
+            # of the demo's own, wiped as it starts (--keep-broker: the development one).
+            local = LocalKafka.throwaway(settings, "demo")
         started_broker = local.status() is None
         print("starting the local Apache Kafka broker (first run fetches it)...", file=sys.stderr)
         settings = settings.with_bootstrap(local.start())

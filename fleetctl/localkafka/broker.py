@@ -55,9 +55,11 @@ class LocalKafka:
         nodes: int = 1,
         *,
         which: Callable[[str], str | None] = shutil.which,
+        keep: bool = True,
     ) -> None:
         if nodes < 1:
             raise LocalKafkaError(f"a local broker needs at least one node, not {nodes}")
+        self.keep = keep  # False: every start that launches it is a fresh one
         self.version = settings.kafka_version
         self.nodes = nodes
         self.libs_dir = settings.kafka_cache_dir.expanduser().resolve() / self.version / "libs"
@@ -65,6 +67,14 @@ class LocalKafka:
         self.jars = KafkaJars(self.version, self.libs_dir, which)
         self._log = structlog.get_logger(__name__)
         self._bootstrap_file = bootstrap_file(self.run_dir)
+
+    @classmethod
+    def throwaway(cls, settings: Settings, purpose: str) -> LocalKafka:
+        """A broker for one run of ``purpose`` (the demo): in a run dir of its own beside
+        the development broker's (``<purpose>-kafka``), never on the user's data, and
+        wiped whenever a start launches it (one already running there is used as is)."""
+        run_dir = settings.kafka_run_dir.expanduser().resolve().parent / f"{purpose}-kafka"
+        return cls(settings.model_copy(update={"kafka_run_dir": run_dir}), keep=False)
 
     def ensure_jars(self) -> Path:
         """Return the libs dir of this version, fetching it with Maven first if needed."""
@@ -105,7 +115,7 @@ class LocalKafka:
                     pids=dict(running.pids),
                 )
                 self._stop_locked(running, timeout_s=30.0)
-            kept = None if fresh else self._resumable()
+            kept = None if fresh or not self.keep else self._resumable()
             if kept is not None:
                 return self._resume(kept, timeout_s)
             return self._start_fresh(timeout_s)

@@ -331,6 +331,27 @@ def test_a_taken_port_is_an_error_not_a_silent_move(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
+def test_a_throwaway_broker_lives_beside_and_never_resumes(tmp_path: Path) -> None:
+    settings = Settings(kafka_cache_dir=tmp_path / "cache", kafka_run_dir=tmp_path / "kafka")
+    demo = LocalKafka.throwaway(settings, "demo")
+    assert demo.run_dir == tmp_path.resolve() / "demo-kafka"
+    assert demo.keep is False
+    # Kept data and a squatted port would stop a resume; a throw-away start is a fresh one
+    # instead (it gets as far as looking for Java, which this test hides).
+    port, cport = free_ports(2)
+    _keep(tmp_path / "demo-kafka", [(port, cport)])
+    own = settings.model_copy(update={"kafka_run_dir": tmp_path / "demo-kafka"})
+    no_java = LocalKafka(own, keep=False, which=lambda _name: None)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(LocalKafkaError, match="Java 17\\+ is required"):
+            no_java.start()
+        with pytest.raises(LocalKafkaError, match="another process holds"):
+            LocalKafka(own, which=lambda _name: None).start()  # kept: resumed, so refused
+
+
+@pytest.mark.unit
 def test_what_a_run_dir_keeps(tmp_path: Path) -> None:
     settings = Settings(kafka_cache_dir=tmp_path / "cache", kafka_run_dir=tmp_path / "run")
     assert LocalKafka(settings).kept() is None  # never started
