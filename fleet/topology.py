@@ -20,6 +20,9 @@ REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE = (
     "orchestrator.state",
 )
 TASKS_PREFIX = "tasks."
+# Read by every worker process, each on its own (no consumer group): see the topic's
+# entry in topics.yaml and workers.shell.cancellations.
+CANCELLATIONS = "task.cancellations"
 MARKET_BIDS, MARKET_OUTCOMES, MARKET_LEDGER, MARKET_STATE = (
     "market.bids",
     "market.outcomes",
@@ -52,7 +55,8 @@ class Topology(BaseModel):
             topology = cls.model_validate(raw)
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             raise ConfigError(f"topology file {path} is invalid: {exc}") from exc
-        missing = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE} - topology.topics.keys()
+        core = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE, CANCELLATIONS}
+        missing = core - topology.topics.keys()
         if missing:
             raise ConfigError(f"topology file {path} lacks topics: {sorted(missing)}")
         counts = {topology.topics[t].partitions for t in topology.co_partitioned}
@@ -100,6 +104,10 @@ class Topics:
     @property
     def state(self) -> str:
         return self.prefix + STATE
+
+    @property
+    def cancellations(self) -> str:
+        return self.prefix + CANCELLATIONS
 
     @property
     def market_bids(self) -> str:

@@ -14,7 +14,8 @@ One module per concept:
   and budget), ``decompose`` (ready steps started as tasks, ``for_each`` fan-out),
   ``fanin`` (results collected, steps completed, the workflow output), ``retry`` (the
   retry decision and backoff), ``acquire`` (the workflow side of the market: bids,
-  leases, the auctioneer's answers), ``transition`` (what those share);
+  leases, the auctioneer's answers), ``cancellation`` (attempts the workers are told to
+  stop), ``transition`` (what those share);
 * its memory: ``state`` (plain data), ``store`` (workflows, timers, changes),
   ``timers``, ``snapshot`` (changelog records), ``effects`` (what the shell must do);
 * ``market``: the auctioneer's side (policy, clearing, book, ledger, budget, stats).

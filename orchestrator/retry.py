@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 
-from fleet.messages import TaskError, TaskStatus, WorkflowError
-from orchestrator import acquire
+from fleet.messages import CancelReason, TaskError, TaskStatus, WorkflowError
+from orchestrator import acquire, cancellation
 from orchestrator.effects import FinishedTask, seconds
 from orchestrator.state import WorkflowState
 from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
@@ -83,7 +83,8 @@ def due(t: Transition, state: WorkflowState, task_id: str) -> None:
 
 def timed_out(t: Transition, state: WorkflowState, task_id: str) -> None:
     """A task's TIMEOUT timer fired: its attempt has no result by its deadline, which
-    is a retryable failure."""
+    is a retryable failure. The workers are told to stop that attempt (its result would
+    be dropped now), before the retry decision moves the task to its next attempt."""
     run = state.tasks[task_id]
     step = state.spec.step(run.step_id)
     t.fx.finished.append(FinishedTask(step.capability, t.now_ms - run.dispatched_at_ms, False))
@@ -95,4 +96,5 @@ def timed_out(t: Transition, state: WorkflowState, task_id: str) -> None:
         message=f"no result within {seconds(step.timeout_s)} s",
         retryable=True,
     )
+    cancellation.attempt(t, state, task_id, CancelReason.TIMED_OUT, timeout.message)
     after_failure(t, state, AttemptFailure(task_id, run, TaskStatus.FAILED, timeout))

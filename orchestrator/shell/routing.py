@@ -136,6 +136,16 @@ class Router:
                     outcome=event.kind.value,
                     error=event.error.message if event.error else None,
                 )
+        for cancelled in effects.cancellations:
+            # One topic every worker process reads whole (no group): whoever runs the
+            # attempt stops it (workers.shell.cancellations).
+            produce(
+                self.producer,
+                self.topics.cancellations,
+                self.codec.encode(cancelled),
+                key=cancelled.workflow_id,
+                headers=headers_for(cancelled, child_of(parent), cancelled.attempt),
+            )
         for bid in effects.market:
             produce(
                 self.producer,
