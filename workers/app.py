@@ -7,7 +7,6 @@ How one task runs is :mod:`workers.execute`; the Kafka shell is :mod:`workers.sh
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pydantic import JsonValue
 from fleet.errors import ConfigError
 from fleet.messages import LeaseGrant, TaskAssigned
 from fleet.topology import check_capability
+from workers.loading import app_attribute, import_app_module
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -155,28 +155,14 @@ class App:
 
 
 def load_app(reference: str) -> App:
-    """Import ``package.module:attribute`` and check that it is an :class:`App`."""
+    """Import ``package.module:attribute`` and check that it is an :class:`App`.
+
+    The working directory is importable (appended to the path: :mod:`workers.loading`)."""
     module_name, sep, attr_path = reference.partition(":")
     if not sep or not module_name or not attr_path:
         raise ConfigError(f"app reference {reference!r} must look like 'package.module:attribute'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise ConfigError(
-                f"app module {module_name!r} not found (is it installed, or is the working "
-                "directory its parent?)"
-            ) from exc
-        raise ConfigError(f"importing app module {module_name!r} failed: {exc}") from exc
-    except Exception as exc:  # any import-time failure of user code
-        raise ConfigError(
-            f"importing app module {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    target: object = module
-    for part in attr_path.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"app module {module_name!r} has no attribute {attr_path!r}")
-        target = getattr(target, part)
+    module = import_app_module(module_name)
+    target = app_attribute(module, module_name, attr_path)
     if not isinstance(target, App):
         raise ConfigError(
             f"{reference!r} is a {type(target).__name__}, not a workers.App; "
