@@ -293,6 +293,7 @@ class CancelReason(StrEnum):
     WORKFLOW_CANCELLED = "workflow_cancelled"  # `fleet cancel` (a WorkflowCancelRequested)
     TIMED_OUT = "timed_out"  # no result by the attempt's deadline
     WORKFLOW_FAILED = "workflow_failed"  # another step failed it, or its deadline passed
+    LEASE_ENDED = "lease_ended"  # a lease it held was revoked or expired (the market)
 
 
 class TaskCancelled(Message):

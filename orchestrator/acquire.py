@@ -22,6 +22,7 @@ the auctioneer's answers (:func:`granted`, :func:`lost`, :func:`ended`) and
 from __future__ import annotations
 
 from fleet.messages import (
+    CancelReason,
     LeaseGrant,
     LostReason,
     MarketInput,
@@ -31,6 +32,7 @@ from fleet.messages import (
     TaskStatus,
     WorkflowError,
 )
+from orchestrator import cancellation
 from orchestrator.effects import FinishedTask, started_event
 from orchestrator.market.budget import Budget, Denied
 from orchestrator.market.policy import MarketPolicy
@@ -128,6 +130,8 @@ def _attempt_ended(t: Transition, state: WorkflowState, failed: AttemptFailure) 
     task_id, run = failed.task_id, failed.run
     if run.in_flight:
         step = state.spec.step(run.step_id)
+        message = failed.error.message if failed.error else ""
+        cancellation.attempt(t, state, task_id, CancelReason.LEASE_ENDED, message)
         t.store.attempt_ended(state.workflow_id, task_id)
         t.fx.finished.append(FinishedTask(step.capability, t.now_ms - run.dispatched_at_ms, False))
         run.leases = {}  # left to expire: its worker may be using them

@@ -3,15 +3,16 @@
 The rule is one sentence: whenever the engine stops waiting for an attempt that was
 dispatched and has no result yet, it says so with a :class:`~fleet.messages.TaskCancelled`
 for that ``(task_id, attempt)``. That happens when the attempt times out (``retry``), when
-its workflow is cancelled, and when its workflow fails with the attempt still running (a
-sibling failed for good, the workflow's deadline passed): in each case its result would
-only be dropped, and in an agent fleet the handler spends money until it ends.
+a lease it holds ends (``acquire``), when its workflow is cancelled, and when its
+workflow fails with the attempt still running (a sibling failed for good, the workflow's
+deadline passed): in each case its result would only be dropped, and in an agent fleet
+the handler spends money until it ends.
 
 Why per attempt and not per workflow: a timed-out attempt is stopped while the next
 attempt of the same task runs (``attempt`` tells them apart), and a worker matches what
 it runs by ``(task_id, attempt)`` without knowing workflows. Attempts that were never
 sent (acquiring leases, backing off, withdrawn in this very input) are not cancelled:
-nobody runs them.
+nobody runs them; nor is one whose result came (it ended on its worker).
 
 Why it is safe: the message is an effect like the others, produced in the transaction
 that records the decision (read_committed workers never see the cancellation of a
@@ -27,6 +28,7 @@ from collections.abc import Set
 
 from fleet.messages import CancelReason, TaskCancelled
 from orchestrator.state import WorkflowState
+from orchestrator.timers import TimerKind
 from orchestrator.transition import Transition
 
 
@@ -55,10 +57,14 @@ def workflow_ended(
     detail: str,
     unsent: Set[tuple[str, int]] = frozenset(),
 ) -> None:
-    """The workflow ends: cancel every attempt of it in flight, but for those in
-    ``unsent`` (dispatched by this same input and withdrawn before they were sent) and
-    those this input already cancelled (the timeout that failed the workflow)."""
-    skip = unsent | {(c.task_id, c.attempt) for c in t.fx.cancellations}
+    """The workflow ends: cancel every attempt of it still in flight, but for those in
+    ``unsent`` (dispatched by this same input and withdrawn before they were sent).
+
+    In flight means its TIMEOUT timer is armed: disarmed when its result came (even a
+    failure that now fails the workflow) or when it timed out (cancelled then)."""
     for task_id, run in state.tasks.items():
-        if run.in_flight and (task_id, run.attempt) not in skip:
+        timer = t.store.timers.get(state.workflow_id, task_id)
+        if timer is None or timer.kind is not TimerKind.TIMEOUT:
+            continue  # backing off, acquiring leases, or its attempt already ended
+        if (task_id, run.attempt) not in unsent:
             attempt(t, state, task_id, reason, detail)

@@ -88,3 +88,17 @@ def test_client_config_comes_from_prefixed_variables() -> None:
         }
     )
     assert settings.client_config == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+
+
+def test_the_cancellations_topic_is_core_short_lived_and_named_with_the_prefix(
+    tmp_path: Path,
+) -> None:
+    assert Topics("env1.").cancellations == "env1.task.cancellations"
+    cancellations = Topology.load(ROOT / "topics.yaml").topics["task.cancellations"]
+    assert cancellations.config["retention.ms"] == "3600000"
+    raw = yaml.safe_load((ROOT / "topics.yaml").read_text())
+    del raw["topics"]["task.cancellations"]
+    path = tmp_path / "topics.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"task\.cancellations"):
+        Topology.load(path)
