@@ -89,6 +89,17 @@ def shape_problems(
     return problems
 
 
+def fields_in_error(exc: ValidationError) -> dict[int, set[str]]:
+    """The fields of each step (by position) that pydantic found something wrong with;
+    ``"*"`` when the step as a whole is (not an object)."""
+    bad: dict[int, set[str]] = {}
+    for error in exc.errors():
+        loc = error["loc"]
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            bad.setdefault(loc[1], set()).add(str(loc[2]) if len(loc) > 2 else "*")
+    return bad
+
+
 def _location(loc: tuple[int | str, ...], raw_steps: list[Any]) -> str:
     parts: list[str] = []
     items = list(loc)

@@ -31,9 +31,9 @@ from pydantic_core import PydanticCustomError
 
 from fleet.errors import SpecError
 from orchestrator.market.policy import UNITS_MAX, micro_to_credits, pydantic_money
-from orchestrator.problems import Problem, describe, shape_problems, step_label
+from orchestrator.problems import Problem, describe, fields_in_error, shape_problems, step_label
 from orchestrator.refs import STEP_ID_PATTERN
-from orchestrator.validate import graph_problems, known_ids, ref_problems
+from orchestrator.validate import StepLinks, graph_problems, known_ids, ref_problems
 
 __all__ = ["TIMEOUT_MAX_S", "StepSpec", "WorkflowSpec", "parse_spec"]
 
@@ -170,6 +170,7 @@ def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = No
         raise SpecError([("spec", f"expected an object, got {describe(doc)}")])
     problems: list[Problem] = []
     spec: WorkflowSpec | None = None
+    bad: dict[int, set[str]] = {}
     try:
         spec = WorkflowSpec.model_validate(doc)
     except ValidationError as exc:
@@ -181,16 +182,22 @@ def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = No
                 spec_fields=WorkflowSpec.model_fields,
             )
         )
-    # Semantic checks still run on the steps that are well-formed on their own, so one
-    # typo does not hide a cycle or a bad reference elsewhere (orchestrator.validate).
+        bad = fields_in_error(exc)
+    # The checks across steps still run on every step, malformed or not: a step's links
+    # are taken from its fields that are well-formed, so an unknown field or a bad type
+    # does not hide a cycle or a bad reference (orchestrator.validate.StepLinks).
     raw_steps = doc.get("steps")
     raw_list: list[Any] = raw_steps if isinstance(raw_steps, list) else []
-    steps = list(enumerate(spec.steps)) if spec is not None else _valid_steps(raw_list)
+    steps = (
+        [(position, StepLinks.of(step)) for position, step in enumerate(spec.steps)]
+        if spec is not None
+        else _salvaged_steps(raw_list, bad)
+    )
     known = known_ids(raw_list, problems)
     problems.extend(graph_problems(steps, known, raw_list))
     if has_capability is not None:
         for position, step in steps:
-            if not has_capability(step.capability):
+            if step.capability is not None and not has_capability(step.capability):
                 where = f"{step_label(position, raw_list)}.capability"
                 problems.append((where, f"capability {step.capability!r} has no task topic"))
     if "output" in doc and isinstance(raw_steps, list):
@@ -202,11 +209,9 @@ def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = No
     return spec
 
 
-def _valid_steps(raw_steps: list[Any]) -> list[tuple[int, StepSpec]]:
-    valid = []
-    for position, raw in enumerate(raw_steps):
-        try:
-            valid.append((position, StepSpec.model_validate(raw)))
-        except ValidationError:
-            continue  # already reported by the whole-document validation
-    return valid
+def _salvaged_steps(raw_steps: list[Any], bad: dict[int, set[str]]) -> list[tuple[int, StepLinks]]:
+    return [
+        (position, StepLinks.salvage(raw, bad.get(position, set())))
+        for position, raw in enumerate(raw_steps)
+        if isinstance(raw, Mapping) and "*" not in bad.get(position, set())
+    ]

@@ -1,13 +1,15 @@
 """The checks of a spec that span its steps: unique ids, needs that exist and form no
 cycle, and ``$.`` references that can resolve when their step runs.
 
-They run on every step that is well-formed on its own (``parse_spec`` passes those),
-so one typo does not hide a cycle or a bad reference elsewhere.
+They run on every step, malformed or not (``StepLinks``: what they read of a step, taken
+from its well-formed fields), so an unknown field or a wrong type does not hide a cycle
+or a bad reference, in another step or in the same one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.problems import Problem, step_label
@@ -16,6 +18,47 @@ from orchestrator.refs import Ref, RefSyntaxError, Root, is_ref, iter_ref_string
 if TYPE_CHECKING:
     # Types only: spec.parse_spec calls these checks, so spec imports this module.
     from orchestrator.spec import StepSpec
+
+
+@dataclass(frozen=True)
+class StepLinks:
+    """What the checks across steps read of one step: how it links to the others (id,
+    needs, the references in its input and for_each) and to a task topic (capability).
+
+    From a valid step, or salvaged from one that failed validation, so that a typo in
+    one field does not hide a bad reference in another: a field is taken only when
+    pydantic found nothing wrong with it, so nothing already reported is reported twice.
+    """
+
+    id: str | None  # None: the step has no string id
+    needs: tuple[str, ...]
+    input: object  # None when the input itself is malformed
+    for_each: str | None
+    fan_out: bool  # for_each was given: $.item and $.index are bound in the input
+    capability: str | None  # None when malformed
+
+    @classmethod
+    def of(cls, step: StepSpec) -> StepLinks:
+        fan_out = step.for_each is not None
+        return cls(step.id, tuple(step.needs), step.input, step.for_each, fan_out, step.capability)
+
+    @classmethod
+    def salvage(cls, raw: Mapping[str, Any], bad: Iterable[str]) -> StepLinks:
+        """The links of a step that failed validation; ``bad`` names its fields in error."""
+        bad = set(bad)
+        step_id, needs, for_each = raw.get("id"), raw.get("needs"), raw.get("for_each")
+        capability = raw.get("capability")
+        if not isinstance(capability, str) or "capability" in bad:
+            capability = None
+        return cls(
+            id=step_id if isinstance(step_id, str) else None,
+            # The strings of a list that has a non-string in it are still names to check.
+            needs=tuple(n for n in needs if isinstance(n, str)) if isinstance(needs, list) else (),
+            input=None if "input" in bad else raw.get("input"),
+            for_each=for_each if isinstance(for_each, str) else None,
+            fan_out=for_each is not None,  # a malformed for_each still means a fan-out
+            capability=capability,
+        )
 
 
 def known_ids(raw_steps: list[Any], problems: list[Problem]) -> dict[str, int]:
@@ -39,7 +82,7 @@ def known_ids(raw_steps: list[Any], problems: list[Problem]) -> dict[str, int]:
 
 
 def graph_problems(
-    steps: list[tuple[int, StepSpec]], known: dict[str, int], raw_steps: list[Any]
+    steps: list[tuple[int, StepLinks]], known: dict[str, int], raw_steps: list[Any]
 ) -> list[Problem]:
     problems: list[Problem] = []
     needs: dict[str, list[str]] = {}
@@ -50,11 +93,12 @@ def graph_problems(
                 problems.append(
                     (f"{label}.needs[{n}]", f"unknown step {need!r} (steps: {', '.join(known)})")
                 )
-        needs.setdefault(step.id, [n for n in step.needs if n in known])
+        if step.id is not None:
+            needs.setdefault(step.id, [n for n in step.needs if n in known])
     problems.extend(_cycle_problems(steps, needs, raw_steps))
     for position, step in steps:
         label = step_label(position, raw_steps)
-        upstream = _upstream(step.id, needs)
+        upstream = _upstream(step.id, [n for n in step.needs if n in known], needs)
         if step.for_each is not None:
             where = f"{label}.for_each"
             if not is_ref(step.for_each):
@@ -69,7 +113,6 @@ def graph_problems(
                 problems.extend(
                     ref_problems(where, step.for_each, known, allowed=upstream, own_id=step.id)
                 )
-        fan_out = step.for_each is not None
         problems.extend(
             ref_problems(
                 f"{label}.input",
@@ -77,18 +120,18 @@ def graph_problems(
                 known,
                 allowed=upstream,
                 own_id=step.id,
-                fan_out=fan_out,
+                fan_out=step.fan_out,
             )
         )
     return problems
 
 
 def _cycle_problems(
-    steps: list[tuple[int, StepSpec]], needs: dict[str, list[str]], raw_steps: list[Any]
+    steps: list[tuple[int, StepLinks]], needs: dict[str, list[str]], raw_steps: list[Any]
 ) -> list[Problem]:
     """One problem per cycle found by depth-first search over ``needs`` edges."""
     problems: list[Problem] = []
-    position_of = {step.id: position for position, step in steps}
+    position_of = {step.id: position for position, step in steps if step.id is not None}
     state: dict[str, int] = {}  # absent: unseen, 1: on the DFS stack, 2: finished
     stack: list[str] = []
 
@@ -107,21 +150,22 @@ def _cycle_problems(
 
     # Recursion depth is bounded by the number of steps in one spec.
     for _, step in steps:
-        if step.id not in state:
+        if step.id is not None and step.id not in state:
             visit(step.id)
     return problems
 
 
-def _upstream(step_id: str, needs: dict[str, list[str]]) -> set[str]:
-    """Steps ``step_id`` needs directly or transitively (cycle-safe)."""
+def _upstream(step_id: str | None, direct: list[str], needs: dict[str, list[str]]) -> set[str]:
+    """Steps a step needs directly (``direct``) or transitively (cycle-safe)."""
     seen: set[str] = set()
-    todo = list(needs.get(step_id, []))
+    todo = list(direct)
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
             todo.extend(needs.get(current, []))
-    seen.discard(step_id)  # a cycle through itself is reported as a cycle, not a ref error
+    if step_id is not None:
+        seen.discard(step_id)  # a cycle through itself is reported as a cycle, not a ref error
     return seen
 
 

@@ -372,6 +372,50 @@ def test_every_problem_is_reported_at_once(example: dict[str, Any]) -> None:
     assert problems["steps[4] (id 'loop').needs"].startswith("cycle: loop -> loop")
 
 
+def test_an_unknown_field_does_not_hide_a_bad_reference_in_the_same_step() -> None:
+    # Issue 10: a typo'd field made the whole step skip the reference checks, so the
+    # user fixed one problem and only then met the next.
+    doc = spec(step("a", retry=3, input={"x": "$.steps.nope.output"}, needs=["gone"]))
+    assert problems_of(doc) == [
+        ("steps[0] (id 'a').retry", problems_of(spec(step("a", retry=3)))[0][1]),
+        ("steps[0] (id 'a').needs[0]", "unknown step 'gone' (steps: a)"),
+        ("steps[0] (id 'a').input.x", "$.steps.nope.output: unknown step 'nope'"),
+    ]
+
+
+def test_a_malformed_step_keeps_its_well_formed_links() -> None:
+    doc = spec(
+        step("fan", retries="3", for_each=7, needs=["b", 3], input={"i": "$.item"}),
+        step("b", capability="bad name", input={"x": "$.steps.fan.output"}),
+        step(
+            "c",
+            needs=["c"],
+            input={"1": "$.steps.nowhere.output"},
+            timeout_s=-1,
+            capability="gone",
+        ),
+    )
+    problems = problems_of(doc, has_capability=lambda cap: cap != "gone")
+    assert problems == [
+        ("steps[0] (id 'fan').needs[1]", "expected a string, got a number (3)"),
+        ("steps[0] (id 'fan').for_each", "expected a string, got a number (7)"),
+        ("steps[0] (id 'fan').retries", 'expected an integer, got a string ("3")'),
+        ("steps[1] (id 'b').capability", problems[3][1]),
+        ("steps[2] (id 'c').timeout_s", "must be greater than 0.0, got -1"),
+        # The links of the malformed steps, still checked: the well-formed need of 'fan'
+        # (its $.item is bound, for_each was given), b's read outside its needs, c's cycle,
+        # unknown reference and capability without a topic; none reported twice.
+        ("steps[2] (id 'c').needs", "cycle: c -> c (each step needs the next)"),
+        (
+            "steps[1] (id 'b').input.x",
+            "$.steps.fan.output: step 'fan' is not in needs (directly or transitively), so "
+            "its output may not exist yet; add it to needs",
+        ),
+        ("steps[2] (id 'c').input.1", "$.steps.nowhere.output: unknown step 'nowhere'"),
+        ("steps[2] (id 'c').capability", "capability 'gone' has no task topic"),
+    ]
+
+
 def test_the_error_message_lists_every_problem() -> None:
     with pytest.raises(SpecError) as caught:
         parse_spec(spec(step("a", needs=["x"]), step("a")))
