@@ -23,11 +23,12 @@ from fastavro.utils import generate_many
 from pydantic import ValidationError
 
 from fleet.errors import DecodeError, SchemaError
+from fleet.json_codec import AVRO_MEDIA_TYPE, is_json, read_json
 from fleet.messages import Message
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
-CONTENT_TYPE = "application/vnd.apache.avro+binary"
+CONTENT_TYPE = AVRO_MEDIA_TYPE
 
 M = TypeVar("M", bound=Message)
 N = TypeVar("N", bound=Message)
@@ -155,12 +156,24 @@ class Codec:
 
     @overload
     def decode_any(
-        self, data: bytes | None, classes: tuple[type[M]], *, record: Any = None
+        self,
+        data: bytes | None,
+        classes: tuple[type[M]],
+        *,
+        record: Any = None,
+        content_type: str | None = None,
+        accept_json: bool = False,
     ) -> M: ...
 
     @overload
     def decode_any(
-        self, data: bytes | None, classes: tuple[type[M], type[N]], *, record: Any = None
+        self,
+        data: bytes | None,
+        classes: tuple[type[M], type[N]],
+        *,
+        record: Any = None,
+        content_type: str | None = None,
+        accept_json: bool = False,
     ) -> M | N: ...
 
     @overload
@@ -170,14 +183,28 @@ class Codec:
         classes: tuple[type[M], type[N], type[P]],
         *,
         record: Any = None,
+        content_type: str | None = None,
+        accept_json: bool = False,
     ) -> M | N | P: ...
 
     def decode_any(
-        self, data: bytes | None, classes: tuple[type[Message], ...], *, record: Any = None
+        self,
+        data: bytes | None,
+        classes: tuple[type[Message], ...],
+        *,
+        record: Any = None,
+        content_type: str | None = None,
+        accept_json: bool = False,
     ) -> Message:
-        """Decode ``data`` as whichever of ``classes`` its writer schema names."""
+        """Decode ``data`` as whichever of ``classes`` its writer schema names.
+
+        With ``accept_json``, a JSON request (by its ``content_type`` header or a leading
+        ``{``) is read instead, checked against the same schemas (``fleet.json_codec``).
+        """
         if not data:
             raise DecodeError("empty record value", record=record)
+        if accept_json and is_json(data, content_type):
+            return self._from_json(data, classes, content_type, record)
         writer = self._writer_schema(data, record)
         cls = next((c for c in classes if c.schema_name == writer.name), None)
         if cls is None:
@@ -201,6 +228,20 @@ class Codec:
             )
         if not isinstance(avro, dict):
             raise DecodeError(f"{writer.name} is not a record schema", record=record)
+        return self._message(cls, avro, record)
+
+    def _from_json(
+        self,
+        data: bytes,
+        classes: tuple[type[Message], ...],
+        content_type: str | None,
+        record: Any,
+    ) -> Message:
+        schemas = {c.schema_name: self.store.schema_for(c.schema_name).parsed for c in classes}
+        cls, avro = read_json(data, classes, schemas, content_type=content_type, record=record)
+        return self._message(cls, avro, record)
+
+    def _message(self, cls: type[M], avro: dict[str, Any], record: Any) -> M:
         try:
             return from_avro(cls, avro)
         except (ValidationError, ValueError) as exc:
@@ -225,7 +266,10 @@ class Codec:
                 "is configured",
                 record=record,
             )
-        raise DecodeError(f"not Avro: unknown framing starting {data[:2].hex()}", record=record)
+        hint = " (JSON? accepted for workflow requests only)" if is_json(data, None) else ""
+        raise DecodeError(
+            f"not Avro: unknown framing starting {data[:2].hex()}{hint}", record=record
+        )
 
 
 def compatibility_problems(old: SchemaVersion, new: SchemaVersion, samples: int = 50) -> list[str]:

@@ -5,6 +5,7 @@ producer, a consumer or an admin client by purpose."""
 from fleet.kafka.client import FleetClient
 from fleet.kafka.clients import (
     ATTEMPT,
+    CONTENT_TYPE_HEADER,
     TRACEPARENT,
     DeliveryCallback,
     Headers,
@@ -25,6 +26,7 @@ from fleet.kafka.topics import CapabilityCheck, TopicReport, apply_topics, desir
 
 __all__ = [
     "ATTEMPT",
+    "CONTENT_TYPE_HEADER",
     "TRACEPARENT",
     "CapabilityCheck",
     "DeadLetters",

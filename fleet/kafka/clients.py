@@ -44,6 +44,10 @@ DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 TRACEPARENT = "traceparent"
 ATTEMPT = "fleet-attempt"
+# The encoding of a record's value, with the schema it was written with as a parameter:
+# application/vnd.apache.avro+binary from our clients; application/json from any producer
+# on the requests topic (fleet.json_codec).
+CONTENT_TYPE_HEADER = "content-type"
 
 
 def client_id(role: str) -> str:
@@ -269,7 +273,9 @@ def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int
 def headers_for(
     message: FleetMessage, traceparent: str | None, attempt: int | None = None
 ) -> Headers:
-    headers: Headers = [("content-type", f"{CONTENT_TYPE}; schema={message.schema_name}".encode())]
+    headers: Headers = [
+        (CONTENT_TYPE_HEADER, f"{CONTENT_TYPE}; schema={message.schema_name}".encode())
+    ]
     if traceparent:
         headers.append((TRACEPARENT, traceparent.encode()))
     if attempt is not None:
@@ -304,12 +310,20 @@ def produce(
     headers: Sequence[tuple[str, bytes]] = (),
     on_delivery: DeliveryCallback | None = None,
     attempts: int = 50,
+    partition: int = -1,
 ) -> None:
-    """Enqueue one record; when the local queue is full, serve callbacks and try again."""
+    """Enqueue one record; when the local queue is full, serve callbacks and try again.
+
+    ``partition`` -1 (librdkafka's unassigned): the partitioner picks it from the key."""
     try:
         # The common case, kept off tenacity's machinery (a hot path: every record).
         producer.produce(
-            topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            headers=list(headers),
+            on_delivery=on_delivery,
         )
         return
     except BufferError:
@@ -328,6 +342,7 @@ def produce(
             topic,
             value=value,
             key=key,
+            partition=partition,
             headers=list(headers),
             on_delivery=on_delivery,
         )

@@ -6,12 +6,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import Message, Producer
+from confluent_kafka import KafkaException, Message, Producer
 
 from fleet.codec import Codec
 from fleet.errors import DecodeError
-from fleet.kafka import TRACEPARENT, client_id, header, headers_for, produce
+from fleet.kafka import (
+    CONTENT_TYPE_HEADER,
+    TRACEPARENT,
+    client_id,
+    header,
+    headers_for,
+    produce,
+    record_headers,
+)
 from fleet.kafka.deadletter import DeadLetters
+from fleet.kafka.partitioner import partition_for
 from fleet.messages import (
     BudgetTopUpRequested,
     MarketOutcome,
@@ -26,6 +35,9 @@ from orchestrator.shell.market import MarketShell
 from orchestrator.shell.metrics import OrchestratorMetrics
 
 log = structlog.get_logger()
+
+# On a request the orchestrator moved to its workflow's partition: where it was produced.
+FORWARDED_FROM = "fleet-forwarded-from"
 
 # Marks a workflow as this instance's, on the partition of the record that named it.
 Own = Callable[[str, Message], None]
@@ -50,6 +62,7 @@ class Router:
         self.topics = topics
         self.metrics = metrics
         self.own = own
+        self._partitions: int | None = None  # of the requests topic, asked once
         self.dead_letters = DeadLetters(
             producer, codec, topics, consumer=f"orchestrator {client_id('o')}"
         )
@@ -64,11 +77,17 @@ class Router:
                 self.market.handle(record, now_ms)
                 return
             if topic == self.topics.requests:
+                # Avro from our clients, or JSON from any producer (docs/json-requests.md).
                 request = self.codec.decode_any(
                     record.value(),
                     (WorkflowSubmitted, WorkflowCancelRequested, BudgetTopUpRequested),
                     record=record,
+                    content_type=header(record, CONTENT_TYPE_HEADER),
+                    accept_json=True,
                 )
+                if (home := self._misplaced(record, request.workflow_id)) is not None:
+                    self._forward(record, request.workflow_id, home)
+                    return
                 self.own(request.workflow_id, record)
                 structlog.contextvars.bind_contextvars(workflow_id=request.workflow_id)
                 if isinstance(request, WorkflowCancelRequested):
@@ -101,6 +120,55 @@ class Router:
         finally:
             structlog.contextvars.clear_contextvars()
         self.apply(effects, header(record, TRACEPARENT))
+
+    def _misplaced(self, record: Message, workflow_id: str) -> int | None:
+        """The partition a request belongs on when it is not on it (else None).
+
+        A workflow's request, results and state share one partition number: the one its
+        id hashes to with murmur2, as our producers and the Java client's default place
+        a record keyed by it. A producer with another partitioner (librdkafka's default,
+        so kcat and most clients outside Java) or without the key puts a request on
+        another partition, whose owner would hold the workflow's state while another
+        instance gets its results."""
+        partitions = self._request_partitions()
+        if partitions is None:
+            return None
+        home = partition_for(workflow_id, partitions)
+        return None if record.partition() == home else home
+
+    def _request_partitions(self) -> int | None:
+        if self._partitions is None:
+            topic = self.topics.requests
+            try:
+                found = self.producer.list_topics(topic, timeout=10).topics[topic].partitions
+                self._partitions = len(found) or None
+            except (KafkaException, KeyError) as exc:
+                # Not knowing is no reason to refuse work: handled where it is, as before.
+                log.warning("partitions of the requests topic unknown", error=str(exc))
+        return self._partitions
+
+    def _forward(self, record: Message, workflow_id: str, home: int) -> None:
+        """Put a request onto its workflow's partition (in the same transaction as its
+        offset), keyed by the workflow id, and leave it to whoever owns that partition."""
+        log.info(
+            "request forwarded to its workflow's partition",
+            workflow_id=workflow_id,
+            partition=record.partition(),
+            offset=record.offset(),
+            to_partition=home,
+        )
+        came_from = f"{record.partition()}:{record.offset()}".encode()
+        produce(
+            self.producer,
+            self.topics.requests,
+            record.value() or b"",
+            key=workflow_id,
+            partition=home,
+            headers=[
+                *((k, v) for k, v in record_headers(record) if v is not None),
+                (FORWARDED_FROM, came_from),
+            ],
+        )
 
     def _dead_letter(self, record: Message, error: BaseException) -> None:
         self.metrics.dead_letters.labels(record.topic() or "").inc()
