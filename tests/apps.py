@@ -41,3 +41,40 @@ async def hang(payload: Any) -> None:
 @app.capability("t.hang-sync")
 def hang_sync(payload: Any) -> None:
     time.sleep(payload.get("sleep_s", 30) if isinstance(payload, dict) else 30)
+
+
+# -- cancellation: each handler records what it saw in the file ``payload["marker"]`` ---
+
+
+def _mark(payload: dict[str, Any], line: str) -> None:
+    with open(payload["marker"], "a") as marker:
+        marker.write(line + "\n")
+
+
+@app.capability("t.cancel-async")
+async def cancel_async(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Sleeps ``sleep_s`` (120) on attempts up to ``hang_attempts`` (all), recording
+    ``attempt N started``, then ``... CancelledError`` or ``... completed``."""
+    _mark(payload, f"attempt {ctx.attempt} started")
+    try:
+        if ctx.attempt <= payload.get("hang_attempts", 1_000):
+            await asyncio.sleep(payload.get("sleep_s", 120))
+    except asyncio.CancelledError:
+        _mark(payload, f"attempt {ctx.attempt} CancelledError")
+        raise
+    _mark(payload, f"attempt {ctx.attempt} completed")
+    return {"attempt": ctx.attempt}
+
+
+@app.capability("t.cancel-sync")
+def cancel_sync(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Works ``sleep_s`` (120) in small steps, returning early once ``ctx.cancelled``."""
+    _mark(payload, f"attempt {ctx.attempt} started")
+    stop = time.monotonic() + payload.get("sleep_s", 120)
+    while time.monotonic() < stop:
+        if ctx.cancelled:
+            _mark(payload, f"attempt {ctx.attempt} saw ctx.cancelled")
+            return "stopped early"
+        time.sleep(0.05)
+    _mark(payload, f"attempt {ctx.attempt} completed")
+    return "ran to the end"

@@ -8,9 +8,10 @@ How one task runs is :mod:`workers.execute`; the Kafka shell is :mod:`workers.sh
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import JsonValue
@@ -18,6 +19,7 @@ from pydantic import JsonValue
 from fleet.errors import ConfigError
 from fleet.messages import LeaseGrant, TaskAssigned
 from fleet.topology import check_capability
+from workers.cancellation import Cancellation
 from workers.loading import app_attribute, import_app_module
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +53,24 @@ class TaskContext:
     deadline: float | None
     traceparent: str | None
     leases: tuple[LeaseGrant, ...] = ()  # on contended resources, as the auctioneer granted
+    # Set when the orchestrator cancels this attempt or the worker gives up on it
+    # (workers.cancellation); read it through the members below.
+    cancellation: Cancellation = field(default_factory=Cancellation, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this attempt is cancelled: its result will be dropped, stop working."""
+        return self.cancellation.is_set
+
+    async def wait_cancelled(self) -> None:
+        """Return once this attempt is cancelled (for an async handler's watcher task)."""
+        await self.cancellation.wait()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set once this attempt is cancelled: a sync handler may ``wait(timeout)`` on it
+        instead of ``time.sleep``. The worker sets it; a handler only reads or waits."""
+        return self.cancellation.event
 
     def remaining_s(self) -> float | None:
         """Seconds left before the worker stops waiting on this task (None: no deadline)."""
@@ -61,7 +81,12 @@ class TaskContext:
         return next((lease for lease in self.leases if lease.resource == resource), None)
 
     @classmethod
-    def of(cls, task: TaskAssigned, traceparent: str | None = None) -> TaskContext:
+    def of(
+        cls,
+        task: TaskAssigned,
+        traceparent: str | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> TaskContext:
         stop_ms, _ = handler_deadline(task)
         return cls(
             task_id=task.task_id,
@@ -73,6 +98,7 @@ class TaskContext:
             deadline=None if stop_ms is None else stop_ms / 1000,
             traceparent=traceparent,
             leases=tuple(task.leases),
+            cancellation=cancellation or Cancellation(),
         )
 
 

@@ -1,11 +1,12 @@
-"""How one task runs, and the one bridge to asyncio.
+"""How one task runs: its deadline, its cancellation, what its result says.
 
 ``execute`` is the pure core of a worker: one :class:`TaskAssigned` and its handler in,
-one :class:`TaskResult` out, whatever the handler does (returns, raises, hangs or
-returns something that is not JSON). The Kafka shell in :mod:`workers.shell.worker` only
-feeds it tasks and produces what it returns. Every handler runs as a task of the one
-asyncio loop of :class:`HandlerLoop` (sync handlers in :class:`HandlerThreads`): this
-module is the only one of the worker that touches asyncio.
+one :class:`TaskResult` out, whatever the handler does (returns, raises, hangs, is
+cancelled or returns something that is not JSON). The Kafka shell in
+:mod:`workers.shell.worker` only feeds it tasks and produces what it returns. Every
+handler runs as a task of the one asyncio loop of :class:`~workers.bridge.HandlerLoop`
+(sync handlers in :class:`~workers.bridge.HandlerThreads`); what a cancellation does to
+a running handler is decided here (:mod:`workers.cancellation` says why).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import asyncio
 import contextvars
 import inspect
 import json
-import queue
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +28,7 @@ from fleet.errors import HandlerError
 from fleet.messages import LeaseGrant, TaskAssigned, TaskError, TaskResult, TaskStatus
 from fleet.tracing import trace_id
 from workers.app import Capability, TaskContext, handler_deadline
+from workers.cancellation import DEADLINE, Cancellation
 from workers.leases import LeaseExpired
 
 log = structlog.get_logger()
@@ -43,55 +43,17 @@ MAX_ERROR_CHARS = 2000
 MAX_OUTPUT_CHARS = 900_000
 
 
-class HandlerThreads(Executor):
-    """A fixed pool of daemon threads for sync handlers.
-
-    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at interpreter exit, so
-    one sync handler that hangs forever would keep a drained worker from ever exiting.
-    Daemon threads let the process exit; the hung call is lost with it.
-    """
-
-    def __init__(self, size: int, name: str = "fleet-handler") -> None:
-        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
-        self._work.put((future, lambda: fn(*args, **kwargs)))
-        return future
-
-    def _serve(self) -> None:
-        while (item := self._work.get()) is not None:
-            future, call = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiter, never lost
-                future.set_exception(exc)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        for _ in self._threads:
-            self._work.put(None)
-        if wait:
-            for thread in self._threads:
-                thread.join()
-
-
 @dataclass(frozen=True)
 class Outcome:
-    """One task's result plus what the runtime counts about how it ended."""
+    """One task's result plus what the runtime counts about how it ended.
+
+    A ``cancelled`` outcome's result is not produced: the orchestrator cancelled the
+    attempt, so it would drop it (its error says why, for the log)."""
 
     result: TaskResult
     timed_out: bool = False
     thread_abandoned: bool = False
+    cancelled: bool = False
 
 
 async def execute(
@@ -102,14 +64,19 @@ async def execute(
     threads: Executor,
     traceparent: str | None = None,
     on_thread_released: Callable[[], None] | None = None,
+    cancellation: Cancellation | None = None,
 ) -> Outcome:
-    """Run one task to a :class:`TaskResult`; never raises (except on cancellation).
+    """Run one task to a :class:`TaskResult`; never raises (except when the worker
+    cancels the asyncio task running it, at shutdown).
 
     ``on_thread_released`` is called (from the handler thread) when a sync handler that
-    was abandoned after its deadline finally returns.
+    was abandoned after its deadline finally returns. ``cancellation`` is the attempt's
+    signal (:mod:`workers.cancellation`): once set, the handler is stopped or asked to
+    stop, and the outcome is ``cancelled``.
     """
     started = time.monotonic()
-    context = TaskContext.of(task, traceparent)
+    cancellation = cancellation or Cancellation()
+    context = TaskContext.of(task, traceparent, cancellation)
     # The task's deadline or, if earlier, its first lease's expiry (then ``lease`` is set).
     _, lease = handler_deadline(task)
     timeout = None if context.deadline is None else context.deadline - time.time()
@@ -131,6 +98,8 @@ async def execute(
         )
         return Outcome(result, **flags)
 
+    if cancellation.is_set:
+        return done(error=_cancelled_error(task, cancellation), cancelled=True)
     if timeout is not None and timeout <= 0:
         # Waited in the queue past its deadline: running it now only wastes the slot.
         if lease is None:
@@ -149,8 +118,12 @@ async def execute(
             threads,
             timeout,
             on_thread_released,
+            cancellation=cancellation,
         )
-        if isinstance(called, _Late):
+        if isinstance(called, _Stopped):
+            if called.cancelled:
+                stopped = _cancelled_error(task, cancellation)
+                return done(error=stopped, cancelled=True, thread_abandoned=called.abandoned)
             if lease is not None:
                 log.warning(
                     "lease expired while the handler ran; failing the task (retryable) so "
@@ -160,6 +133,10 @@ async def execute(
             return done(
                 error=_late_error(task, lease), timed_out=True, thread_abandoned=called.abandoned
             )
+        if cancellation.is_set:
+            # It ended just as its cancellation came: the orchestrator decided before it
+            # sent the cancellation, so the result would be dropped.
+            return done(error=_cancelled_error(task, cancellation), cancelled=True)
         failed, value = called
         output, error = (None, _error_of(value)) if failed else _to_json(value)
     except Exception as exc:
@@ -176,9 +153,11 @@ async def execute(
 
 
 @dataclass(frozen=True)
-class _Late:
-    """The handler passed its deadline; ``abandoned``: its thread still runs."""
+class _Stopped:
+    """The handler was cancelled, or passed its deadline; ``abandoned``: its thread still
+    runs (a sync handler that neither returned nor got its thread by the deadline)."""
 
+    cancelled: bool
     abandoned: bool
 
 
@@ -188,28 +167,45 @@ async def _invoke(
     threads: Executor,
     timeout: float | None,
     on_thread_released: Callable[[], None] | None,
-) -> tuple[bool, Any] | _Late:
-    """Call the handler, waiting at most ``timeout``: (failed, value or exception) or late."""
+    *,
+    cancellation: Cancellation,
+) -> tuple[bool, Any] | _Stopped:
+    """Call the handler, waiting at most ``timeout``: (failed, value or exception), or
+    stopped.
+
+    On cancellation an async handler's task is cancelled and a sync handler that has
+    not started never starts; either way the handler is then waited for until the
+    deadline, since it may still hold what the slot stands for (a thread, a connection).
+    At the deadline the signal is set too, so a sync handler left running can see it."""
+    due = None if timeout is None else time.monotonic() + timeout
+    in_thread: Future[tuple[bool, Any]] | None = None
+    waiter: asyncio.Future[tuple[bool, Any]]
     if capability.is_async:
-        waiter: asyncio.Future[tuple[bool, Any]] = asyncio.ensure_future(
-            _guard_async(capability.handler, arguments)
-        )
-        finished, _ = await _wait(waiter, timeout)
-        if not finished:
-            waiter.cancel()
-            log.warning("handler passed its deadline; cancelled it", timeout_s=_round(timeout))
-            return _Late(abandoned=False)
+        waiter = asyncio.ensure_future(_guard_async(capability.handler, arguments))
+    else:
+        run = contextvars.copy_context().run  # so structlog's bound fields reach the thread
+        in_thread = threads.submit(run, _guard_sync, capability.handler, arguments)
+        waiter = asyncio.wrap_future(in_thread)
+    if await _wait(waiter, due, cancellation):
         return waiter.result()
-    run = contextvars.copy_context().run  # so structlog's bound fields reach the thread
-    in_thread = threads.submit(run, _guard_sync, capability.handler, arguments)
-    waiter = asyncio.wrap_future(in_thread)
-    finished, _ = await _wait(waiter, timeout)
-    if finished:
-        return waiter.result()
+    cancelled = cancellation.is_set
+    if cancelled:
+        log.info("task cancelled; stopping its handler", reason=cancellation.reason)
+        if in_thread is None:
+            waiter.cancel()  # CancelledError at the handler's next await
+        else:
+            in_thread.cancel()  # succeeds only if no thread took it up yet
+        if await _wait(waiter, due, None):
+            return _Stopped(cancelled=True, abandoned=False)
+    cancellation.cancel(DEADLINE)
+    if in_thread is None:
+        waiter.cancel()
+        log.warning("handler passed its deadline; cancelled it", timeout_s=_round(timeout))
+        return _Stopped(cancelled, abandoned=False)
     if in_thread.cancel():
         # It never left the pool's queue (all threads busy): nothing is abandoned.
         log.warning("sync handler got no thread before its deadline", timeout_s=_round(timeout))
-        return _Late(abandoned=False)
+        return _Stopped(cancelled, abandoned=False)
     # A thread cannot be killed: stop waiting, keep count, say so.
     log.warning(
         "sync handler passed its deadline; its thread still runs and is abandoned",
@@ -218,7 +214,7 @@ async def _invoke(
     if on_thread_released is not None:
         release = on_thread_released
         in_thread.add_done_callback(lambda _: release())
-    return _Late(abandoned=True)
+    return _Stopped(cancelled, abandoned=True)
 
 
 def _round(timeout: float | None) -> float:
@@ -241,14 +237,23 @@ def _to_json(value: Any) -> tuple[JsonValue, TaskError | None]:
 
 
 async def _wait(
-    waiter: asyncio.Future[T], timeout: float | None
-) -> tuple[set[asyncio.Future[T]], set[asyncio.Future[T]]]:
+    waiter: asyncio.Future[T], due: float | None, cancellation: Cancellation | None
+) -> bool:
+    """Wait for ``waiter`` until ``due`` (monotonic) or until ``cancellation`` is set;
+    True if it is done."""
+    timeout = None if due is None else max(0.0, due - time.monotonic())
+    watch = None if cancellation is None else asyncio.ensure_future(cancellation.wait())
+    waiting: set[asyncio.Future[Any]] = {waiter} if watch is None else {waiter, watch}
     try:
-        return await asyncio.wait({waiter}, timeout=timeout)
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         # The runtime gave up on this task (shutdown): the handler must not run on.
         waiter.cancel()
         raise
+    finally:
+        if watch is not None:
+            watch.cancel()
+    return waiter.done()
 
 
 async def _guard_async(
@@ -275,6 +280,15 @@ def _guard_sync(handler: Callable[..., Any], arguments: tuple[Any, ...]) -> tupl
             value.close()
         return True, TypeError("sync handler returned an awaitable; declare it with 'async def'")
     return False, value
+
+
+def _cancelled_error(task: TaskAssigned, cancellation: Cancellation) -> TaskError:
+    """Why a cancelled attempt has no result (logged, never produced)."""
+    return TaskError(
+        type="Cancelled",
+        message=f"task {task.task_id} attempt {task.attempt} cancelled: {cancellation.reason}",
+        retryable=False,
+    )
 
 
 def _late_error(task: TaskAssigned, lease: LeaseGrant | None) -> TaskError:
@@ -330,6 +344,7 @@ async def handle_task(
     traceparent: str | None,
     on_thread_abandoned: Callable[[], None],
     on_thread_released: Callable[[], None],
+    cancellation: Cancellation | None = None,
 ) -> Outcome:
     """:func:`execute` as the worker runs it: logged, with the task's fields bound.
 
@@ -352,41 +367,13 @@ async def handle_task(
         threads=threads,
         traceparent=traceparent,
         on_thread_released=on_thread_released,
+        cancellation=cancellation,
     )
     if outcome.thread_abandoned:
         on_thread_abandoned()
-    log.debug("task finished; producing its result", status=outcome.result.status.value)
+    if outcome.cancelled:
+        error = outcome.result.error
+        log.info("task cancelled; no result is produced", why=error.message if error else None)
+    else:
+        log.debug("task finished; producing its result", status=outcome.result.status.value)
     return outcome
-
-
-class HandlerLoop:
-    """The asyncio bridge: every handler runs as a task of one loop in its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="fleet-handler-loop", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, T], on_done: Callable[[], None]) -> Future[T]:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        future.add_done_callback(lambda _: on_done())
-        return future
-
-    def close(self, timeout_s: float = 2.0) -> None:
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=timeout_s)
-
-        try:
-            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout_s + 1)
-        except TimeoutError:
-            log.warning("some async handlers ignore cancellation; leaving them behind")
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            self.loop.close()

@@ -60,8 +60,9 @@ from tests.fault.market_workload import (
 )
 from tests.fault.plan import FaultKind
 from tests.fault.summary import FaultSummary
+from workers.bridge import HandlerThreads
 from workers.examples import app as examples
-from workers.execute import HandlerThreads, execute
+from workers.execute import execute
 
 CAPABILITIES = Topology.load(Settings.from_env({}).topology_file).capabilities
 T0 = 1_800_000_000_000

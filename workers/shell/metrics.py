@@ -23,6 +23,9 @@ class WorkerMetrics:
         self.timeouts = counter("task_timeouts", "Tasks past their deadline", cap)
         self.abandoned = counter("abandoned_threads", "Sync handlers left running late", cap)
         self.dead_letters = counter("dead_letters", "Task records dead-lettered", cap)
+        # when: "running" (the handler was stopped or asked to stop) or "before_start"
+        # (cancelled while its record waited). Their results are not produced.
+        self.cancelled = counter("tasks_cancelled", "Task attempts cancelled", cap, "when")
         self.in_flight = gauge("tasks_in_flight", "Handlers running (their slots are taken)")
         self.abandoned_running = gauge(
             "abandoned_threads_running", "Abandoned sync handlers still holding a pool thread"
@@ -38,11 +41,14 @@ class WorkerMetrics:
     def record(self, capability: str, outcome: Outcome) -> None:
         result = outcome.result
         self.duration.labels(capability).observe(result.duration_ms / 1000)
+        if outcome.thread_abandoned:
+            self.abandoned.labels(capability).inc()
+        if outcome.cancelled:
+            self.cancelled.labels(capability, "running").inc()
+            return  # neither succeeded nor failed: its result is not produced
         if result.error is None:
             self.succeeded.labels(capability).inc()
         else:
             self.failed.labels(capability, str(result.error.retryable).lower()).inc()
         if outcome.timed_out:
             self.timeouts.labels(capability).inc()
-        if outcome.thread_abandoned:
-            self.abandoned.labels(capability).inc()

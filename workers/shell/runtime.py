@@ -36,7 +36,7 @@ def ensure_topics(settings: Settings, admin: AdminClient, app: App) -> None:
     topics = Topics(settings.topic_prefix)
     # Results and dead letters too: a first produce would otherwise let the broker
     # auto-create them with its default partition count, breaking co-partitioning.
-    ours = {topics.results, topics.dead_letters}
+    ours = {topics.results, topics.dead_letters, topics.cancellations}
     wanted = desired_topics(topology, topics, app.capabilities)
     apply_topics(
         admin,

@@ -6,8 +6,9 @@ queue. Records of a partition run concurrently, up to ``concurrency`` per proces
 result is durably produced (ack after the effect). A full process keeps a bounded window
 of records, then pauses its partitions while it keeps polling: memory follows in-flight
 work, not topic size, and ``max.poll.interval.ms`` is never exceeded. The loop runs in
-the calling thread; handlers run on :class:`~workers.execute.HandlerLoop`, the only
-bridge between this thread and asyncio.
+the calling thread; handlers run on :class:`~workers.bridge.HandlerLoop`, the only
+bridge between this thread and asyncio. Cancellations of attempts come from their own
+feed (:mod:`workers.shell.cancellations`), read in the same loop without waiting.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import child_of
 from workers.app import App
-from workers.execute import HandlerLoop, HandlerThreads, Outcome, handle_task
+from workers.bridge import HandlerLoop, HandlerThreads
+from workers.cancellation import Cancellation, CancelRegistry, Key
+from workers.execute import Outcome, handle_task
 from workers.offsets import OffsetTracker, PartitionOffsets
+from workers.shell.cancellations import CancellationFeed
 from workers.shell.metrics import WorkerMetrics
 
 log = structlog.get_logger()
@@ -78,6 +82,8 @@ class _Work:
     future: Future[Outcome] | None = None
     emit: Callable[[DeliveryCallback], None] | None = None  # produces the effect
     tries: int = 0
+    attempt: Key | None = None  # (task_id, attempt) once decoded
+    cancellation: Cancellation | None = None  # the running attempt's signal
 
 
 class Worker:
@@ -107,6 +113,8 @@ class Worker:
             for cap in app.capabilities
         ]
         self._rotation = itertools.cycle(range(len(self.sources)))
+        self.cancels = CancelRegistry()
+        self.feed = CancellationFeed(clients, self.topics, self.codec, self.cancels)
         self._loop = HandlerLoop()
         self._threads = HandlerThreads(concurrency)
         self._completed: queue.SimpleQueue[_Work] = queue.SimpleQueue()
@@ -136,7 +144,7 @@ class Worker:
             next_commit = time.monotonic() + COMMIT_INTERVAL_S
             idle = 0.0
             while not stop.is_set():
-                busy = self._poll() + self._serve()
+                busy = self._poll() + self._serve() + self.feed.poll()
                 if time.monotonic() >= next_commit:
                     for source in self.sources:
                         source.commit(source.tracker.take_commits(), asynchronous=True)
@@ -204,6 +212,14 @@ class Worker:
 
     def _start(self, work: _Work, task: TaskAssigned, traceparent: str | None) -> None:
         capability = self.app.get(work.source.capability)
+        work.attempt = (task.task_id, task.attempt)
+        work.cancellation = self.cancels.start(work.attempt)
+        if work.cancellation is None:
+            # Cancelled while it waited: nothing to run, nothing to produce, done.
+            log.info("task cancelled before it started; skipped", task_id=task.task_id)
+            self.metrics.cancelled.labels(capability.name, "before_start").inc()
+            work.partition.finish(work.offset)
+            return
         self.metrics.started.labels(capability.name).inc()
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
@@ -215,6 +231,7 @@ class Worker:
             traceparent=traceparent,
             on_thread_abandoned=self.metrics.abandoned_running.inc,
             on_thread_released=self.metrics.abandoned_running.dec,
+            cancellation=work.cancellation,
         )
         work.future = self._loop.submit(handling, partial(self._finished, work))
         work.emit = partial(self._produce_result, work.future, traceparent)
@@ -234,8 +251,14 @@ class Worker:
             # The slot frees now; the offset only once the result is durable (_delivered).
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
-            self.metrics.record(work.source.capability, work.future.result())
-            self._send(work)
+            outcome = work.future.result()
+            self.metrics.record(work.source.capability, outcome)
+            if work.attempt is not None and work.cancellation is not None:
+                self.cancels.end(work.attempt, work.cancellation)
+            if outcome.cancelled:
+                work.partition.finish(work.offset)  # no result to produce: the record is done
+            else:
+                self._send(work)
             served += 1
         retries, self._retries = self._retries, []
         for work in retries:
@@ -342,7 +365,8 @@ class Worker:
         self._held.clear()  # never started, so never committed: they go to the next owner
         deadline = time.monotonic() + self.grace_s
         while self.in_flight and time.monotonic() < deadline and not force.is_set():
-            if not self._poll() + self._serve() and self._wakeup.wait(IDLE_WAIT_MAX_S):
+            busy = self._poll() + self._serve() + self.feed.poll()
+            if not busy and self._wakeup.wait(IDLE_WAIT_MAX_S):
                 self._wakeup.clear()
         self.producer.flush(10)
         self._serve()
@@ -359,6 +383,7 @@ class Worker:
             source.commit(source.tracker.revoke(source.tracker.keys), asynchronous=False)
         self._loop.close()
         self._threads.shutdown(wait=False)
+        self.feed.close()
         for source in self.sources:
             try:
                 source.consumer.close()  # leaves the group: partitions move at once

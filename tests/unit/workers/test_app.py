@@ -21,8 +21,9 @@ from fleet.settings import Settings
 from fleet.topology import Topology
 from workers import App, TaskContext
 from workers.app import Capability, load_app
+from workers.bridge import HandlerThreads
 from workers.examples import app as examples
-from workers.execute import HandlerThreads, Outcome, execute
+from workers.execute import Outcome, execute
 
 pytestmark = pytest.mark.unit
 

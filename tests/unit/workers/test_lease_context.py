@@ -14,7 +14,8 @@ import pytest
 from fleet.messages import LeaseGrant, TaskAssigned, TaskStatus
 from workers import App, TaskContext
 from workers.app import handler_deadline
-from workers.execute import HandlerThreads, Outcome, execute
+from workers.bridge import HandlerThreads
+from workers.execute import Outcome, execute
 
 pytestmark = pytest.mark.unit
 
