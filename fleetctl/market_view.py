@@ -32,6 +32,7 @@ from fleet.kafka.readback import ReadBack, ReadIncomplete
 from fleet.messages import MarketRound
 from fleet.settings import Settings
 from fleet.topology import Topics
+from fleetctl.console import Column, Table, format_duration
 from orchestrator.market.book import Book, Waiting
 from orchestrator.market.policy import MarketPolicy, micro_to_credits
 
@@ -157,33 +158,28 @@ def view_of(
 
 
 def format_age(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1_000:
-        return f"{ms} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    minutes, seconds = divmod(ms // 1000, 60)
-    if minutes < 60:
-        return f"{minutes} m {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} m"
+    return format_duration(ms)
 
 
 def render(views: Iterable[PoolView], bands: tuple[str, ...]) -> str:
-    """The table ``fleet market`` prints: one line per pool."""
-    queue_head = "QUEUE " + "/".join(bands)
-    header = [
-        "POOL",
-        "CAPACITY",
-        "LEASED",
-        queue_head,
-        "LAST PRICE",
-        "OLDEST WAIT",
-        "EPOCH",
-        "ROUND",
-    ]
-    rows = [header]
+    """The table ``fleet market`` prints when piped: one line per pool."""
+    return market_table(views, bands).plain()
+
+
+def market_table(views: Iterable[PoolView], bands: tuple[str, ...]) -> Table:
+    """One row per pool (a rich table on a terminal, :func:`render` on a pipe)."""
+    table = Table(
+        [
+            Column("POOL", style="bold"),
+            Column("CAPACITY", right=True),
+            Column("LEASED", right=True),
+            Column("QUEUE " + "/".join(bands)),
+            Column("LAST PRICE", right=True),
+            Column("OLDEST WAIT"),
+            Column("EPOCH", right=True),
+            Column("ROUND", right=True),
+        ]
+    )
     for v in views:
         extra = [b for b in v.queue if b not in bands]  # bands gone from the market file
         queue = "/".join(str(v.queue.get(b, 0)) for b in bands)
@@ -192,28 +188,17 @@ def render(views: Iterable[PoolView], bands: tuple[str, ...]) -> str:
         if v.oldest_wait_rounds is not None:
             rounds = v.oldest_wait_rounds
             wait = f"{format_age(v.oldest_wait_ms)} ({rounds} round{'' if rounds == 1 else 's'})"
-        rows.append(
-            [
-                v.pool if v.configured else f"{v.pool} (not in the market file)",
-                str(v.capacity),
-                str(v.leased),
-                queue,
-                "-" if v.last_price is None else micro_to_credits(v.last_price),
-                wait,
-                "-" if v.epoch is None else str(v.epoch),
-                "-" if v.round_no is None else str(v.round_no),
-            ]
+        table.add(
+            v.pool if v.configured else f"{v.pool} (not in the market file)",
+            str(v.capacity),
+            str(v.leased),
+            queue,
+            "-" if v.last_price is None else micro_to_credits(v.last_price),
+            wait,
+            "-" if v.epoch is None else str(v.epoch),
+            "-" if v.round_no is None else str(v.round_no),
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    numeric = {1, 2, 4, 6, 7}  # right-aligned columns
-    lines = [
-        "  ".join(
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in rows
-    ]
-    return "\n".join(lines)
+    return table
 
 
 # -- reading the topics ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from confluent_kafka import (
     ConsumerGroupState,
     KafkaError,
     KafkaException,
+    TopicPartition,
 )
 from confluent_kafka.admin import ConsumerGroupDescription
 from pydantic import JsonValue
@@ -21,9 +22,11 @@ from fleet.kafka.clients import (
     KafkaClients,
     headers_for,
     produce,
+    retry_transient,
     watermarks,
 )
 from fleet.kafka.follow import TopicReader
+from fleet.kafka.history import WorkflowLog
 from fleet.kafka.topics import CapabilityCheck
 from fleet.messages import (
     BudgetTopUpRequested,
@@ -66,6 +69,11 @@ class FleetClient:
 
     def has_capability(self, capability: str) -> bool:
         return self._capabilities(capability)
+
+    def workflow_log(self) -> WorkflowLog:
+        """One workflow's records, read from its partition: follow its events to its end
+        (``fleet tail --workflow``), or look up what is known of it."""
+        return WorkflowLog(self.clients, self.admin, self.codec, self.topics)
 
     def wait_for_pools(self, capabilities: Iterable[str], members: int, timeout_s: float) -> None:
         """Block until each capability's worker group is stable with ``members`` members,
@@ -245,8 +253,9 @@ class FleetClient:
             old.flush(0)
             raise BrokerError(f"workflow requests not delivered within {timeout_s:.0f} s")
 
-    def event_consumer(self, from_beginning: bool) -> TopicReader:
-        """A group-less reader of every partition of the events topic.
+    def event_consumer(self, from_beginning: bool, since_ms: int | None = None) -> TopicReader:
+        """A group-less reader of every partition of the events topic, from its end (or
+        its beginning, or the first event at or after ``since_ms``).
 
         Starting offsets are read explicitly (not OFFSET_END, which librdkafka resolves
         lazily) so nothing produced after this call returns can be missed. The reader
@@ -256,11 +265,19 @@ class FleetClient:
         group = f"fleet-reader-{uuid.uuid4().hex}"
         probe = self.clients.consumer(group)
         try:
-            partitions = self.admin.list_topics(topic=name, timeout=10).topics[name].partitions
-            starts = {
-                p: OFFSET_BEGINNING if from_beginning else watermarks(probe, name, p)[1]
-                for p in sorted(partitions)
-            }
+            partitions = sorted(
+                self.admin.list_topics(topic=name, timeout=10).topics[name].partitions
+            )
+            ends = {p: watermarks(probe, name, p)[1] for p in partitions}
+            starts = {p: OFFSET_BEGINNING if from_beginning else ends[p] for p in partitions}
+            if since_ms is not None:
+                asked = [TopicPartition(name, p, since_ms) for p in partitions]
+                found = retry_transient(lambda: probe.offsets_for_times(asked, timeout=10))
+                # No event at or after since_ms in a partition: start at its end.
+                starts = {
+                    tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition]
+                    for tp in found
+                }
         except (KafkaException, KeyError) as exc:
             raise BrokerError(f"cannot read {name}: {exc}; run `fleet topics apply`") from exc
         finally:

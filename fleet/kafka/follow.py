@@ -160,6 +160,13 @@ class TopicReader:
         self.reopens += 1
         old.close()
 
+    def position(self, partition: int) -> int:
+        """The next offset of ``partition`` to read, asked of the consumer now (negative:
+        nothing fetched yet). A read_committed position passes transaction markers and
+        aborted records, so a reader that has read everything there is stands at the end."""
+        (tp,) = self._consumer.position([TopicPartition(self.topic, partition)])
+        return int(tp.offset)
+
     def positions(self) -> dict[int, int]:
         """Next offset per partition, as of the last check (OFFSET_BEGINNING: none yet)."""
         return dict(self._positions)

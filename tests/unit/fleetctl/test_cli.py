@@ -65,3 +65,26 @@ def test_invalid_spec_is_refused_before_any_broker_is_needed(tmp_path: Path) -> 
     done = _fleet("submit", str(spec), env={"FLEET_KAFKA_HOME": str(tmp_path / "none")})
     assert done.returncode == 2
     assert "fleet: invalid workflow:" in done.stderr and "'b'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ('"a string"', "got a string"),
+        ("[1, 2]", "got an array"),
+        ("42", "got a number"),
+        ("null", "got null"),
+        ("{bad", "not valid JSON"),
+    ],
+)
+def test_an_input_that_is_not_a_json_object_is_refused_at_submit(
+    tmp_path: Path, given: str, said: str
+) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text(VALID)
+    # No broker anywhere: the refusal comes before one is looked for.
+    done = _fleet("submit", str(spec), "--input", given, env={"FLEET_KAFKA_HOME": str(tmp_path)})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Invalid value for '--input'" in done.stderr and said in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,161 @@
+"""The ``fleet`` command against a running fleet, as a user types it: ``tail --workflow``
+of a finished workflow returns at once (it waited forever), of a running one ends when
+the workflow does; ``budget top-up`` refuses an ended or unknown workflow (it said
+nothing and exited 0)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from fleet.kafka.client import FleetClient
+from fleet.settings import Settings
+from fleetctl.supervisor import Supervisor, child_env
+
+pytestmark = pytest.mark.kafka
+
+WAIT_S = 90.0
+TAIL_S = 30.0  # a finished workflow's tail: its partition read once, then the end
+
+
+@dataclass
+class Fleet:
+    settings: Settings
+    client: FleetClient
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleetctl.cli", *args],
+            env=child_env(self.settings),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fleetctl.cli", *args],
+            env=child_env(self.settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def finished(self, spec: dict[str, object]) -> str:
+        consumer = self.client.event_consumer(from_beginning=False)
+        try:
+            workflow_id = self.client.submit(spec)
+            outcome = self.client.wait(consumer, [workflow_id], WAIT_S).get(workflow_id)
+        finally:
+            consumer.close()
+        assert outcome is not None, f"no outcome for {workflow_id}"
+        return workflow_id
+
+
+@pytest.fixture(scope="module")
+def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "FLEET_TOPIC_PREFIX": f"cli-{uuid.uuid4().hex[:8]}.",
+        }
+    )
+    with Supervisor(settings, tmp_path_factory.mktemp("cli-logs")) as supervisor:
+        topics = supervisor.start("topics", ["topics", "apply"])
+        assert topics.process.wait(120) == 0, topics.log_tail()
+        supervisor.start("orchestrator", ["orchestrator"])
+        supervisor.start("worker", ["worker", "--app", "workers.examples:app"])
+        client = FleetClient(settings, role="test")
+        yield Fleet(settings, client)
+        client.close()
+
+
+def _noop(step_id: str, payload: object, needs: list[str] | None = None) -> dict[str, object]:
+    return {"id": step_id, "capability": "noop", "input": payload, "needs": needs or []}
+
+
+def test_tail_of_a_finished_workflow_prints_it_to_its_end_at_once(fleet: Fleet) -> None:
+    spec = {"name": "done", "steps": [_noop("a", {"v": 7})], "output": "$.steps.a.output"}
+    workflow_id = fleet.finished(spec)
+    started = time.monotonic()
+    tail = fleet.cli("tail", "--workflow", workflow_id, timeout=TAIL_S)
+    assert tail.returncode == 0, tail.stderr
+    assert time.monotonic() - started < TAIL_S
+    lines = tail.stdout.splitlines()
+    assert lines[0].split()[3] == "ACCEPTED" and lines[0].endswith(" done")
+    last = lines[-1].split()
+    # 2026-01-02 12:00:00.123Z wf-... COMPLETED +85 ms output {"v":7}
+    assert last[2:4] == [workflow_id, "COMPLETED"] and last[0].count("-") == 2
+    assert last[4].startswith("+") and last[5] in ("ms", "s")
+    assert lines[-1].endswith('output {"v":7}')
+    assert all(line.split()[2] == workflow_id for line in lines)
+
+    as_json = fleet.cli("tail", "--workflow", workflow_id, "--json", timeout=TAIL_S)
+    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.stdout.splitlines()[-1].startswith("{") and '"COMPLETED"' in as_json.stdout
+
+
+def test_tail_of_a_failed_workflow_says_why(fleet: Fleet) -> None:
+    spec = {"name": "broken", "steps": [_noop("a", {"fail": "permanent"})]}
+    workflow_id = fleet.finished(spec)
+    tail = fleet.cli("tail", "--workflow", workflow_id, timeout=TAIL_S)
+    assert tail.returncode == 0, tail.stderr
+    last = tail.stdout.splitlines()[-1]
+    assert " FAILED " in last and "cause " in last and "at step a" in last
+
+
+def test_tail_of_a_running_workflow_ends_when_it_does(fleet: Fleet) -> None:
+    spec = {"name": "slow", "steps": [_noop("slow", {"delay_ms": 3000})]}
+    workflow_id = fleet.client.submit(spec)
+    tail = fleet.popen("tail", "--workflow", workflow_id)
+    try:
+        out, err = tail.communicate(timeout=WAIT_S)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+    assert tail.returncode == 0, err
+    kinds = [line.split()[3] for line in out.splitlines()]
+    assert kinds[0] == "ACCEPTED" and kinds[-1] == "COMPLETED"
+    assert f"{workflow_id}: no terminal event yet; following" in err
+
+
+def test_tail_of_an_unknown_workflow_says_so_and_keeps_waiting(fleet: Fleet) -> None:
+    tail = fleet.popen("tail", "--workflow", f"wf-{uuid.uuid4().hex}")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            tail.communicate(timeout=15)
+    finally:
+        tail.kill()
+        _out, err = tail.communicate(timeout=10)
+    assert "no event yet (a wrong id, or not accepted yet); following" in err
+
+
+def test_top_up_of_an_ended_or_unknown_workflow_is_refused(fleet: Fleet) -> None:
+    workflow_id = fleet.finished({"name": "over", "steps": [_noop("a", {})]})
+    ended = fleet.cli("budget", "top-up", workflow_id, "1")
+    assert ended.returncode == 1
+    assert ended.stdout == ""
+    assert f"{workflow_id} has ended (COMPLETED at " in ended.stderr
+    assert "nothing sent" in ended.stderr
+
+    unknown = fleet.cli("budget", "top-up", "wf-nobody-knows", "1")
+    assert unknown.returncode == 1
+    assert "unknown workflow wf-nobody-knows" in unknown.stderr and unknown.stdout == ""
+
+
+def test_top_up_of_a_running_workflow_is_sent(fleet: Fleet) -> None:
+    workflow_id = fleet.client.submit({"name": "long", "steps": [_noop("a", {"delay_ms": 5000})]})
+    deadline = time.monotonic() + 30
+    while not fleet.client.workflow_log().look_up(workflow_id, 10).known:
+        assert time.monotonic() < deadline, "never accepted"
+        time.sleep(0.2)
+    done = fleet.cli("budget", "top-up", workflow_id, "0.5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("tu-")
