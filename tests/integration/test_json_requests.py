@@ -1,8 +1,9 @@
 """JSON requests from producers that know nothing of fleet, on a real broker.
 
 Each request here is produced by a plain ``confluent_kafka.Producer`` with its default
-configuration (librdkafka's partitioner, as kcat and most clients outside Java use) or by
-the Java client running docs/examples/SubmitWorkflow.java: no fleet code, no Avro.
+configuration (librdkafka's partitioner, as kcat and most clients outside Java use), by
+the Java client running docs/examples/SubmitWorkflow.java or by kcat running
+docs/examples/submit-with-kcat.sh: no fleet code, no Avro.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ pytestmark = pytest.mark.kafka
 
 fleet = test_workflows.fleet  # the same set-up: an orchestrator and two worker processes
 
-JAVA_EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "SubmitWorkflow.java"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+JAVA_EXAMPLE = EXAMPLES / "SubmitWorkflow.java"
+KCAT_EXAMPLE = EXAMPLES / "submit-with-kcat.sh"
+JAVA_CLASS_PATH = ("kafka-clients", "slf4j-api", "lz4-java")
 
 
 def plain_producer(fleet: Fleet) -> Producer:
@@ -220,10 +224,12 @@ def test_the_java_example_in_the_docs_submits_a_workflow(fleet: Fleet) -> None:
     ran: list[subprocess.CompletedProcess[str]] = []
 
     def start() -> None:
+        # The class path the docs give: the client, its logging API and lz4.
+        jars = [next(libs.glob(f"{name}-*.jar")) for name in JAVA_CLASS_PATH]
         argv = [
             java,
             "-cp",
-            f"{libs}/*",
+            ":".join(map(str, jars)),
             str(JAVA_EXAMPLE),
             fleet.settings.require_bootstrap(),
             fleet.client.topics.requests,
@@ -236,3 +242,32 @@ def test_the_java_example_in_the_docs_submits_a_workflow(fleet: Fleet) -> None:
     assert f"submitted {workflow_id} to {fleet.client.topics.requests}" in ran[0].stdout
     assert event.kind is EventKind.COMPLETED, event.error
     assert event.output == {"words": 3}
+
+
+def test_the_kcat_example_in_the_docs_submits_a_workflow(fleet: Fleet) -> None:
+    """docs/examples/submit-with-kcat.sh: a JSON line through kcat, keyed, with the
+    content-type header and the murmur2 partitioner; the workflow completes."""
+    if shutil.which("kcat") is None:
+        pytest.skip("needs kcat (apt-get install kcat, brew install kcat)")
+    workflow_id = f"wf-kcat-{uuid.uuid4().hex[:8]}"
+    ran: list[subprocess.CompletedProcess[str]] = []
+
+    def start() -> None:
+        argv = [
+            "bash",
+            str(KCAT_EXAMPLE),
+            fleet.settings.require_bootstrap(),
+            fleet.client.topics.requests,
+            workflow_id,
+        ]
+        ran.append(subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False))
+        assert ran[0].returncode == 0, ran[0].stdout + ran[0].stderr
+
+    event = terminal(fleet, start, [workflow_id])[workflow_id]
+    assert event.kind is EventKind.COMPLETED, event.error
+    assert event.output == {"words": 3}
+    # Keyed and murmur2-partitioned: on its workflow's partition at once, not forwarded.
+    requests = fleet.client.topics.requests
+    home = partition_for(workflow_id, partitions(fleet, requests))
+    ours = [r for r in read_all(fleet, requests) if r.key() == workflow_id.encode()]
+    assert [r.partition() for r in ours] == [home]
