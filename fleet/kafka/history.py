@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from fleet.codec import Codec
 from fleet.errors import BrokerError, DecodeError
-from fleet.kafka.clients import KafkaClients, retry_transient
+from fleet.kafka.clients import KafkaClients, header, retry_transient
 from fleet.kafka.follow import TopicReader
 from fleet.kafka.partitioner import partition_for
 from fleet.kafka.readback import ReadBack, ReadIncomplete
@@ -166,8 +166,14 @@ class WorkflowLog:
             try:
                 for record in self._records(reader, requests, workflow_id, deadline):
                     if record.key() == key:
-                        try:
-                            self.codec.decode(record.value(), WorkflowSubmitted, record=record)
+                        try:  # Avro, or JSON from another language's producer
+                            self.codec.decode_any(
+                                record.value(),
+                                (WorkflowSubmitted,),
+                                record=record,
+                                content_type=header(record, "content-type"),
+                                accept_json=True,
+                            )
                         except DecodeError:
                             continue  # a cancel or a top-up: not a submission
                         return Sighting(None, submitted=True, complete=True)

@@ -3,6 +3,7 @@ workflow's records are read from the partition its id maps to (fleet.kafka.histo
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -180,7 +181,7 @@ def test_looking_up_a_workflow(settings: Settings) -> None:
     client = _ready(settings)
     try:
         log = client.workflow_log()
-        ended, running, waiting = _same_partition_ids(client, 3)
+        ended, running, waiting, from_json = _same_partition_ids(client, 4)
         _write(
             client,
             _event(ended, EventKind.ACCEPTED, 1),
@@ -188,6 +189,12 @@ def test_looking_up_a_workflow(settings: Settings) -> None:
             _event(ended, EventKind.CANCELLED, 3),
         )
         client.submit({"name": "x", "steps": []}, waiting)  # no orchestrator: never accepted
+        # A submission as another language's producer sends it: plain JSON, no header.
+        submitted = {"workflow_id": from_json, "submitted_at_ms": 1, "spec": {"name": "x"}}
+        produce(
+            client._producer, client.topics.requests, json.dumps(submitted).encode(), key=from_json
+        )
+        client.flush()
         seen = log.look_up(ended, timeout_s=30)
         assert seen.complete and seen.ended and seen.last_event is not None
         assert seen.last_event.kind is EventKind.CANCELLED
@@ -195,6 +202,7 @@ def test_looking_up_a_workflow(settings: Settings) -> None:
         assert seen.complete and seen.known and not seen.ended
         seen = log.look_up(waiting, timeout_s=30)
         assert seen.complete and seen.submitted and seen.last_event is None
+        assert log.look_up(from_json, timeout_s=30).submitted
         client.top_up(waiting, 1_000_000)  # a top-up on the requests partition is no submission
         nobody = log.look_up(f"wf-{uuid.uuid4().hex}", timeout_s=30)
         assert nobody.complete and not nobody.known
