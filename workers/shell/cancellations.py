@@ -32,7 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fleet.codec import Codec
 from fleet.errors import BrokerError, DecodeError
-from fleet.kafka import KafkaClients, watermarks
+from fleet.kafka import KafkaClients, retry_transient, watermarks
 from fleet.kafka.follow import TopicReader
 from fleet.messages import TaskCancelled
 from fleet.topology import Topics
@@ -100,20 +100,26 @@ def _starts(clients: KafkaClients, group: str, topic: str, lookback_s: float) ->
     """Per partition, the first offset written at most ``lookback_s`` ago, else the end.
 
     Offsets are asked explicitly rather than OFFSET_END, which librdkafka resolves lazily:
-    a cancellation produced between start-up and that resolution would be missed."""
-    probe = clients.consumer(group)
-    try:
-        partitions = sorted(
-            clients.admin().list_topics(topic=topic, timeout=10).topics[topic].partitions
-        )
+    a cancellation produced between start-up and that resolution would be missed. A
+    topic the worker has just created may have no leader yet: that is waited out."""
+    probe, admin = clients.consumer(group), clients.admin()
+
+    def ask() -> dict[int, int]:
+        metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)  # UNKNOWN_TOPIC_OR_PART while it propagates
         since_ms = int((time.time() - lookback_s) * 1000)
-        found = probe.offsets_for_times(
-            [TopicPartition(topic, p, since_ms) for p in partitions], timeout=10
-        )
-        return {
-            tp.partition: tp.offset if tp.offset >= 0 else watermarks(probe, topic, tp.partition)[1]
-            for tp in found
-        }
+        asked = [TopicPartition(topic, p, since_ms) for p in sorted(metadata.partitions)]
+        starts = {}
+        for tp in probe.offsets_for_times(asked, timeout=10):
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            end = tp.offset < 0  # nothing written since: start at the end
+            starts[tp.partition] = watermarks(probe, topic, tp.partition)[1] if end else tp.offset
+        return starts
+
+    try:
+        return retry_transient(ask)
     except (KafkaException, KeyError) as exc:
         raise BrokerError(f"cannot read {topic}: {exc}; run `fleet topics apply`") from exc
     finally:
