@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
 from fleet.topology import Topics, Topology
+from fleetctl.console import Column, Table
 from fleetctl.demo_market import (
     POOL,
     MarketSummary,
@@ -38,6 +39,7 @@ from fleetctl.demo_market import (
     format_market_summary,
     read_burst_summary,
 )
+from fleetctl.demo_progress import Progress
 from fleetctl.localkafka import LocalKafka
 from fleetctl.supervisor import Supervisor
 from orchestrator.market.policy import MarketPolicy
@@ -61,6 +63,11 @@ DOCUMENTS = [
     "Refund request {n}: {k} licences returned, credit {t} to https://pay.example/r/{n}.",
 ]
 UNSCORABLE = "Please review the attached contract before Friday. Thanks!"
+# Every 20th workflow fails on purpose, to show a failure explained with its cause.
+INTENDED_FAILURE = (
+    "every 20th workflow reviews a document without figures, so its score step has no "
+    "number to score and fails with the cause"
+)
 SENTENCES = ["the quick brown fox", "agents coordinate through kafka topics", "one two three"]
 
 
@@ -149,65 +156,52 @@ def output_matches(item: DemoWorkflow, event: WorkflowEvent) -> bool:
     return isinstance(found, dict) and all(found.get(k) == v for k, v in item.expect.items())
 
 
-@dataclass
-class Progress:
-    total: int
-    started: float = field(default_factory=time.monotonic)
-    counts: Counter[str] = field(default_factory=Counter)
-    last_line: float = 0.0
-
-    def update(self, final: bool = False) -> None:
-        done = sum(self.counts.values())
-        rate = done / max(1e-3, time.monotonic() - self.started)
-        width = 30
-        filled = int(width * done / self.total)
-        bar = "#" * filled + "-" * (width - filled)
-        line = (
-            f"  [{bar}] {done:>4}/{self.total}  completed {self.counts['COMPLETED']:>4}  "
-            f"failed {self.counts['FAILED']:>3}  rejected {self.counts['REJECTED']:>2}  "
-            f"{rate:6.1f} wf/s"
-        )
-        if sys.stderr.isatty():
-            print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
-        elif final or time.monotonic() - self.last_line >= 2:
-            print(line, file=sys.stderr, flush=True)
-            self.last_line = time.monotonic()
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+SUMMARY = [
+    Column("workflow", style="bold"),
+    Column("runs", right=True),
+    Column("completed", right=True, style="green"),
+    Column("failed", right=True, style="red"),
+    Column("intended", right=True),  # of the failed: failures the demo planned
+    Column("p50 ms", right=True),
+    Column("p99 ms", right=True),
+]
+
+
 def print_summary(
     workload: dict[str, DemoWorkflow], outcomes: dict[str, WorkflowEvent], elapsed_s: float
 ) -> None:
-    rows: dict[str, list[WorkflowEvent]] = {}
+    rows: dict[str, list[tuple[WorkflowEvent, DemoWorkflow]]] = {}
     for workflow_id, item in workload.items():
         if workflow_id in outcomes:
-            rows.setdefault(item.kind, []).append(outcomes[workflow_id])
+            rows.setdefault(item.kind, []).append((outcomes[workflow_id], item))
     print()
-    print(f"{'workflow':20}{'runs':>6}{'completed':>11}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}")
-    every = [event for events in rows.values() for event in events]
-    for kind, events in [*sorted(rows.items()), ("total", every)]:
-        latencies = [float(e.at_ms - (e.submitted_at_ms or e.at_ms)) for e in events]
-        kinds = Counter(e.kind.value for e in events)
-        print(
-            f"{kind:20}{len(events):>6}{kinds['COMPLETED']:>11}"
-            f"{kinds['FAILED'] + kinds['REJECTED']:>8}"
-            f"{statistics.median(latencies) if latencies else 0:>9.0f}"
-            f"{_percentile(latencies, 0.99):>9.0f}"
+    table = Table(SUMMARY)
+    every = [row for ended in rows.values() for row in ended]
+    for kind, ended in [*sorted(rows.items()), ("total", every)]:
+        latencies = [float(e.at_ms - (e.submitted_at_ms or e.at_ms)) for e, _ in ended]
+        kinds = Counter(e.kind.value for e, _ in ended)
+        intended = sum(e.kind is EventKind.FAILED and w.expect_failure for e, w in ended)
+        table.add(
+            kind,
+            str(len(ended)),
+            str(kinds["COMPLETED"]),
+            str(kinds["FAILED"] + kinds["REJECTED"]),
+            str(intended),
+            f"{statistics.median(latencies) if latencies else 0:.0f}",
+            f"{_percentile(latencies, 0.99):.0f}",
         )
+    table.print()
     correct = sum(output_matches(workload[w], e) for w, e in outcomes.items())
     print(
         f"\nthroughput {len(outcomes) / elapsed_s:.1f} workflows/s over {elapsed_s:.1f} s; "
         f"outputs checked against expectations: {correct}/{len(outcomes)} correct"
     )
-    failures = Counter(
-        e.error.type for e in outcomes.values() if e.kind is EventKind.FAILED and e.error
-    )
-    if failures:
-        print("failure causes: " + ", ".join(f"{n} x {t}" for t, n in failures.items()))
+    _print_failures(workload, outcomes)
     sample = next(
         (
             (w, e)
@@ -219,6 +213,22 @@ def print_summary(
     if sample is not None:
         print(f"\nsample result ({sample[0]}, incident-response):")
         print(json.dumps(sample[1].output, indent=2))
+
+
+def _print_failures(workload: dict[str, DemoWorkflow], outcomes: dict[str, WorkflowEvent]) -> None:
+    """Failure causes, the demo's planned ones apart from any other."""
+    planned: Counter[str] = Counter()
+    unplanned: Counter[str] = Counter()
+    for workflow_id, event in outcomes.items():
+        if event.kind is EventKind.FAILED and event.error is not None:
+            failures = planned if workload[workflow_id].expect_failure else unplanned
+            failures[event.error.type] += 1
+    if planned:
+        causes = ", ".join(f"{n} x {t}" for t, n in planned.items())
+        print(f"intended failures: {causes} ({INTENDED_FAILURE})")
+    if unplanned:
+        causes = ", ".join(f"{n} x {t}" for t, n in unplanned.items())
+        print(f"unexpected failures: {causes} (see `fleet tail --workflow ID` for one)")
 
 
 def run_demo(settings: Settings, workflows: int = 240, keep_broker: bool = False) -> int:
@@ -327,25 +337,25 @@ def _outcomes(
     """The terminal events of ``by_id``'s workflows, with live progress, until all have
     ended or WAIT_S passed; a FleetError if a fleet process exits meanwhile."""
     total = len(by_id)
-    progress = Progress(total=total)
     outcomes: dict[str, WorkflowEvent] = {}
+    with Progress(total) as progress:
 
-    def check_children() -> None:
-        progress.update()
-        for child in supervisor.dead():
-            raise FleetError(
-                f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}"
-            )
-
-    for event in client.events(
-        consumer,
-        until=lambda _e: len(outcomes) == total,
-        timeout_s=WAIT_S,
-        on_idle=check_children,
-    ):
-        if event.kind.terminal and event.workflow_id in by_id:
-            outcomes[event.workflow_id] = event
-            progress.counts[event.kind.value] += 1
+        def check_children() -> None:
             progress.update()
-    progress.update(final=True)
+            for child in supervisor.dead():
+                raise FleetError(
+                    f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}"
+                )
+
+        for event in client.events(
+            consumer,
+            until=lambda _e: len(outcomes) == total,
+            timeout_s=WAIT_S,
+            on_idle=check_children,
+        ):
+            if event.kind.terminal and event.workflow_id in by_id:
+                outcomes[event.workflow_id] = event
+                progress.ended(
+                    event.kind.value, intended_failure=by_id[event.workflow_id].expect_failure
+                )
     return outcomes

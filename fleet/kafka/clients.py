@@ -175,11 +175,22 @@ class KafkaClients:
         return admin
 
 
+# librdkafka lines about a passing condition that it retries by itself: debug, not a
+# warning. Every demo printed "GETPID ... Failed to acquire idempotence PID ...: Broker:
+# Coordinator load in progress: retrying" while a fresh broker loaded its coordinator
+# state; the producer gets its id a moment later, and nothing is lost meanwhile.
+_RETRIED_BY_LIBRDKAFKA = ("Coordinator load in progress",)
+
+
 class _ToStructlog(logging.Handler):
     """librdkafka's own log lines, as structured log events instead of raw stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        log.log(record.levelno, record.getMessage(), source="librdkafka")
+        message = record.getMessage()
+        level = record.levelno
+        if any(passing in message for passing in _RETRIED_BY_LIBRDKAFKA):
+            level = min(level, logging.DEBUG)
+        log.log(level, message, source="librdkafka")
 
 
 _LIBRDKAFKA_LOG = logging.getLogger("fleet.librdkafka")
@@ -190,6 +201,8 @@ _LIBRDKAFKA_LOG.propagate = False
 def _log_client_error(err: KafkaError) -> None:
     if err.fatal():
         log.error("kafka client fatal error; the process must restart", error=str(err))
+    elif err.code() == KafkaError.COORDINATOR_LOAD_IN_PROGRESS:
+        log.debug("kafka coordinator still loading; librdkafka retries", error=str(err))
     else:
         # librdkafka retries transient errors itself; this says what it is doing.
         log.warning("kafka client error; librdkafka retries", error=str(err))
