@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -27,10 +28,19 @@ def kafka() -> None:
     pass
 
 
-@kafka.command("start", help="Start the local broker (or find it running); print its address.")
+@kafka.command(
+    "start",
+    help="Start the local broker (or find it running); print its address. It starts again "
+    "on the data and the port it had: topics and records survive a stop and start.",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="wipe the broker's data first (every topic and record), stopping it if it runs",
+)
 @with_settings
-def start(settings: Settings) -> int:
-    print(LocalKafka(settings).start())
+def start(settings: Settings, fresh: bool) -> int:
+    print(LocalKafka(settings).start(fresh=fresh))
     return EXIT_OK
 
 
@@ -42,17 +52,32 @@ def stop(settings: Settings) -> int:
 
 
 @kafka.command(
-    "status", help="Whether the local broker runs, where, and its address (exit 1: not running)."
+    "status",
+    help="Whether the local broker runs, its address, and where its data lives (exit 1: "
+    "not running).",
 )
 @with_settings
 def status(settings: Settings) -> int:
-    running = LocalKafka(settings).status()
+    local = LocalKafka(settings)
+    running = local.status()
     if running is None:
         print("not running")
+        kept = local.kept()
+        if kept is not None:
+            print(
+                f"data kept in {_dirs(kept.data_dirs)} (Kafka {kept.version}, {kept.bootstrap}); "
+                "`fleet kafka start` resumes it, `--fresh` wipes it"
+            )
         return EXIT_FAILED
     print(f"running pid={running.pid} version={running.version} run_dir={running.run_dir}")
     print(running.bootstrap)
+    if running.data_dirs:
+        print(f"data in {_dirs(running.data_dirs)} (kept across stop and start)")
     return EXIT_OK
+
+
+def _dirs(paths: tuple[Path, ...]) -> str:
+    return ", ".join(str(p) for p in paths)
 
 
 @click.group(

@@ -1,16 +1,19 @@
 """The ``fleet`` command against a running fleet, as a user types it: ``tail --workflow``
 of a finished workflow returns at once (it waited forever), of a running one ends when
 the workflow does; ``budget top-up`` refuses an ended or unknown workflow (it said
-nothing and exited 0)."""
+nothing and exited 0); ``kafka start`` keeps the local broker's data, ``--fresh`` wipes
+it, ``kafka status`` says where it lives."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +162,40 @@ def test_top_up_of_a_running_workflow_is_sent(fleet: Fleet) -> None:
     done = fleet.cli("budget", "top-up", workflow_id, "0.5")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("tu-")
+
+
+@pytest.mark.timeout(300)
+def test_kafka_start_keeps_the_data_and_start_fresh_wipes_it(tmp_path: Path) -> None:
+    """The local broker's commands as a developer uses them, in a run dir of their own."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env |= {"FLEET_KAFKA_HOME": str(tmp_path / "kafka"), "FLEET_TOPIC_PREFIX": "cli-local."}
+
+    def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleetctl.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
+    try:
+        first = fleet("kafka", "start")
+        assert first.returncode == 0, first.stderr
+        assert "created" in fleet("topics", "apply").stdout
+        running = fleet("kafka", "status")
+        assert running.returncode == 0 and "data in " in running.stdout
+        assert fleet("kafka", "stop").stdout.strip() == "stopped"
+        stopped = fleet("kafka", "status")
+        assert stopped.returncode == 1
+        assert stopped.stdout.startswith("not running\ndata kept in ")
+        again = fleet("kafka", "start")
+        assert again.stdout == first.stdout  # the same address
+        resumed = fleet("topics", "apply")
+        assert resumed.returncode == 0 and "created" not in resumed.stdout  # still there
+        fresh = fleet("kafka", "start", "--fresh")
+        assert fresh.returncode == 0, fresh.stderr
+        assert "created" in fleet("topics", "apply").stdout  # wiped
+    finally:
+        fleet("kafka", "stop")
