@@ -191,8 +191,10 @@ def describe(event: WorkflowEvent) -> str:
     if event.kind is EventKind.ACCEPTED and event.workflow_name:
         parts.append(event.workflow_name)
     elif event.step_id:
-        attempt = getattr(event, "attempt", None)  # STEP_STARTED says which attempt
-        parts.append(f"step {event.step_id}" + (f" (attempt {attempt})" if attempt else ""))
+        step = event.step_id + ("" if event.index is None else f"[{event.index}]")
+        details = [f"attempt {event.attempt}"] if event.attempt else []
+        details += [f"on {event.worker_id}"] if event.worker_id else []
+        parts.append(f"step {step}" + (f" ({', '.join(details)})" if details else ""))
     if event.kind is EventKind.COMPLETED:
         output = json.dumps(event.output, separators=(",", ":"))
         if len(output) > OUTPUT_SHOWN:

@@ -113,6 +113,10 @@ def test_a_long_output_is_cut_with_a_pointer_to_json() -> None:
 
 def test_steps_and_acceptance() -> None:
     assert describe(_event(EventKind.STEP_COMPLETED, step_id="a")) == "step a"
+    started = _event(EventKind.STEP_STARTED, step_id="each", index=2, attempt=1)
+    assert describe(started) == "step each[2] (attempt 1)"
+    done = _event(EventKind.STEP_COMPLETED, step_id="f", attempt=2, worker_id="w-1")
+    assert describe(done) == "step f (attempt 2, on w-1)"
     assert describe(_event(EventKind.ACCEPTED, workflow_name="review")) == "review"
 
 
