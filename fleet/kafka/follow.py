@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 
 import structlog
 from confluent_kafka import (
@@ -117,8 +117,12 @@ class TopicReader:
         self._asked = self._admin.list_offsets(
             {tp: OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_COMMITTED,  # latest = last stable offset
-            request_timeout=max(1.0, self.check_every_s),
+            request_timeout=self._request_timeout_s,
         )
+
+    @property
+    def _request_timeout_s(self) -> float:
+        return max(1.0, self.check_every_s)
 
     def _judge(
         self, asked: Mapping[TopicPartition, Future[ListOffsetsResultInfo]], now: float
@@ -177,5 +181,10 @@ class TopicReader:
         reader into the interpreter's exit, where librdkafka's destroy can hang once the
         broker is gone."""
         self._consumer.close()
-        self._asked = None  # the offsets it may still owe an answer for
+        asked, self._asked = self._asked, None  # the offsets it may still owe an answer for
+        if asked is not None:
+            # Destroying an admin client with a request in flight can abort the process
+            # in librdkafka (rd_kafka_enq_once_del_source_return: eonce->refcnt > 0, seen
+            # once in the benchmark); each request ends by its request timeout at most.
+            wait(list(asked.values()), timeout=self._request_timeout_s + 1.0)
         self.__dict__.pop("_admin", None)
