@@ -372,4 +372,3 @@ def _fail(t: Transition, state: WorkflowState, error: WorkflowError) -> None:
 def _started_of(event: WorkflowEvent, workflow_id: str) -> bool:
     """A STEP_STARTED of ``workflow_id``: withdrawn with the task it announced."""
     return event.kind is EventKind.STEP_STARTED and event.workflow_id == workflow_id
-
