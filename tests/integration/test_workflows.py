@@ -192,6 +192,46 @@ def test_retryable_failure_is_retried_then_succeeds(fleet: Fleet) -> None:
     assert outcome.output == {"ok": True}
 
 
+def test_every_dispatched_attempt_is_on_the_events_topic_as_step_started(fleet: Fleet) -> None:
+    """A consumer of workflow.events follows a step attempt by attempt: STEP_STARTED for
+    each dispatch (retries too), then STEP_COMPLETED naming the attempt and its worker."""
+    spec = {
+        "name": "progress",
+        "steps": [
+            {"id": "f", "capability": "text.flaky", "input": {}, "retries": 2},
+            noop("each", {"x": "$.item"}, ["f"], for_each="$.input.items"),
+        ],
+        "input": {"items": [1, 2, 3]},
+    }
+    consumer = fleet.client.event_consumer(from_beginning=False)
+    try:
+        workflow_id = fleet.client.submit(spec)
+        ended = lambda e: e.workflow_id == workflow_id and e.kind.terminal  # noqa: E731
+        events = [
+            e
+            for e in fleet.client.events(consumer, until=ended, timeout_s=WAIT_S)
+            if e.workflow_id == workflow_id
+        ]
+    finally:
+        consumer.close()
+    assert events[-1].kind is EventKind.COMPLETED, events[-1].error
+    started = [
+        (e.step_id, e.task_id, e.attempt, e.index)
+        for e in events
+        if e.kind is EventKind.STEP_STARTED
+    ]
+    assert started == [
+        ("f", f"{workflow_id}/f/0", 1, None),
+        ("f", f"{workflow_id}/f/0", 2, None),  # the retry after the first attempt failed
+        *(("each", f"{workflow_id}/each/{i}", 1, i) for i in range(3)),
+    ]
+    [f_done] = [e for e in events if e.kind is EventKind.STEP_COMPLETED and e.step_id == "f"]
+    assert (f_done.task_id, f_done.attempt) == (f"{workflow_id}/f/0", 2)
+    assert f_done.worker_id  # the worker whose result completed it
+    first_start = next(e for e in events if e.kind is EventKind.STEP_STARTED)
+    assert events[0].kind is EventKind.ACCEPTED and first_start.at_ms <= f_done.at_ms
+
+
 def test_retryable_failure_without_retries_fails_with_cause(fleet: Fleet) -> None:
     spec = {"name": "flaky0", "steps": [{"id": "f", "capability": "text.flaky", "input": {}}]}
     outcome = fleet.run(spec)
@@ -309,7 +349,7 @@ def test_cli_submit_wait_prints_the_terminal_event(fleet: Fleet, tmp_path: Path)
     tail = fleet.cli("tail", "--workflow", event["workflow_id"], "--from-beginning", "--json")
     assert tail.returncode == 0, tail.stderr
     kinds = [json.loads(line)["kind"] for line in tail.stdout.splitlines()]
-    assert kinds == ["ACCEPTED", "STEP_COMPLETED", "COMPLETED"]
+    assert kinds == ["ACCEPTED", "STEP_STARTED", "STEP_COMPLETED", "COMPLETED"]
 
 
 def test_cli_rejects_an_invalid_file_before_producing(fleet: Fleet, tmp_path: Path) -> None:
