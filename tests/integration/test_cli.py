@@ -140,6 +140,23 @@ def test_tail_of_an_unknown_workflow_says_so_and_keeps_waiting(fleet: Fleet) -> 
     assert "no event yet (a wrong id, or not accepted yet); following" in err
 
 
+def test_tail_of_every_workflow_since_a_time_prints_past_events(fleet: Fleet) -> None:
+    workflow_id = fleet.finished({"name": "past", "steps": [_noop("a", {})]})
+    tail = fleet.popen("tail", "--since", "10m", "--json")
+    try:
+        assert tail.stdout is not None
+        deadline = time.monotonic() + TAIL_S
+        for line in tail.stdout:  # follows for good: read until the workflow's end shows
+            if workflow_id in line and '"COMPLETED"' in line:
+                break
+            assert time.monotonic() < deadline, "the finished workflow's events never came"
+        else:
+            pytest.fail(f"tail ended early: {tail.stderr.read() if tail.stderr else ''}")
+    finally:
+        tail.kill()
+        tail.communicate(timeout=10)
+
+
 def test_top_up_of_an_ended_or_unknown_workflow_is_refused(fleet: Fleet) -> None:
     workflow_id = fleet.finished({"name": "over", "steps": [_noop("a", {})]})
     ended = fleet.cli("budget", "top-up", workflow_id, "1")
@@ -191,6 +208,7 @@ def test_kafka_start_keeps_the_data_and_start_fresh_wipes_it(tmp_path: Path) -> 
         assert stopped.returncode == 1
         assert stopped.stdout.startswith("not running\ndata kept in ")
         again = fleet("kafka", "start")
+        assert again.returncode == 0, again.stderr
         assert again.stdout == first.stdout  # the same address
         resumed = fleet("topics", "apply")
         assert resumed.returncode == 0 and "created" not in resumed.stdout  # still there
