@@ -35,7 +35,7 @@ from fleet.messages import (
 from orchestrator import cancellation
 from orchestrator.effects import FinishedTask, started_event
 from orchestrator.market.budget import Budget, Denied
-from orchestrator.market.policy import MarketPolicy
+from orchestrator.market.policy import MarketPolicy, micro_to_credits
 from orchestrator.spec import StepSpec
 from orchestrator.state import TaskRun, WorkflowState
 from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
@@ -160,7 +160,12 @@ def abandon(t: Transition, state: WorkflowState) -> None:
 
 class BudgetDenied(Exception):  # noqa: N818 - internal control flow, turned into a failure
     def __init__(self, pool: str, amount: int, available: int) -> None:
-        super().__init__(f"budget_exhausted: a bid on {pool} needs {amount}, {available} left")
+        # In credits, as users give them (`budget`, `fleet budget top-up`); the terminal
+        # event's budget carries the exact micro-credits.
+        super().__init__(
+            f"budget_exhausted: a bid on {pool} needs {micro_to_credits(amount)} credits, "
+            f"{micro_to_credits(available)} left"
+        )
 
 
 def bid_id(task_id: str, attempt: int, pool: str) -> str:

@@ -86,7 +86,7 @@ def apply_topics(
                 detail=report.detail,
             )
         elif report.status == "created":
-            log.info("created topic", topic=report.topic)
+            log.debug("created topic", topic=report.topic)  # `fleet topics apply` prints them
     return reports
 
 

@@ -153,6 +153,8 @@ def test_a_bid_the_budget_cannot_cover_fails_the_workflow_with_budget_exhausted(
     (failed,) = [e for e in fx.events if e.kind is EventKind.FAILED]
     assert failed.error is not None and failed.error.type == "BudgetExhausted"
     assert "budget_exhausted" in failed.error.message
+    # In credits, as the user gave the budget (issue 10: it said micro-credits).
+    assert failed.error.message.endswith("needs 4 credits, 3 left")
 
 
 def test_market_admission_rejects_a_band_the_tenant_may_not_use() -> None:
