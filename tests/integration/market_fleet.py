@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +10,7 @@ from pathlib import Path
 from fleet.kafka.client import FleetClient
 from fleet.settings import Settings
 from fleetctl.supervisor import Supervisor, child_env
+from tests.fleet_cli import free_port, run_fleet
 from tests.integration.test_workflows import Fleet
 
 CREDIT = 1_000_000
@@ -40,18 +38,9 @@ def market_fleet(kafka_bootstrap: str, home: Path, prefix: str) -> Iterator[Flee
             "FLEET_MARKET_FILE": str(home / "market.yaml"),
         }
     )
-    applied = subprocess.run(
-        [sys.executable, "-m", "fleetctl.cli", "topics", "apply"],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    applied = run_fleet(child_env(settings), "topics", "apply")
     assert applied.returncode == 0, applied.stderr
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        metrics_port = int(sock.getsockname()[1])
+    metrics_port = free_port()
     with Supervisor(settings, home) as supervisor:
         supervisor.start("orchestrator", ["orchestrator", "--metrics-port", str(metrics_port)])
         supervisor.start(

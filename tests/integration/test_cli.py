@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from fleet.kafka.client import FleetClient
 from fleet.settings import Settings
 from fleetctl.supervisor import Supervisor, child_env
+from tests.fleet_cli import popen_fleet, run_fleet
 
 pytestmark = pytest.mark.kafka
 
@@ -33,23 +33,10 @@ class Fleet:
     client: FleetClient
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fleetctl.cli", *args],
-            env=child_env(self.settings),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_fleet(child_env(self.settings), *args, timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fleetctl.cli", *args],
-            env=child_env(self.settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return popen_fleet(child_env(self.settings), *args)
 
     def finished(self, spec: dict[str, object]) -> str:
         consumer = self.client.event_consumer(from_beginning=False)
@@ -188,14 +175,7 @@ def test_kafka_start_keeps_the_data_and_start_fresh_wipes_it(tmp_path: Path) -> 
     env |= {"FLEET_KAFKA_HOME": str(tmp_path / "kafka"), "FLEET_TOPIC_PREFIX": "cli-local."}
 
     def fleet(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fleetctl.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        return run_fleet(env, *args, timeout=180)
 
     try:
         first = fleet("kafka", "start")

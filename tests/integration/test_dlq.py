@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from fleetctl.dlq import (
     parse_id,
 )
 from fleetctl.supervisor import child_env
+from tests.fleet_cli import run_fleet
 
 pytestmark = pytest.mark.kafka
 
@@ -49,14 +49,7 @@ class Env:
     client: FleetClient
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fleetctl.cli", *args],
-            env=child_env(self.settings),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_fleet(child_env(self.settings), *args, timeout=timeout)
 
     def new_topic(self, name: str, partitions: int = 3) -> str:
         topic = self.settings.topic_prefix + f"{name}-{uuid.uuid4().hex[:6]}"
@@ -136,14 +129,7 @@ def env(kafka_bootstrap: str) -> Iterator[Env]:
             "FLEET_TOPIC_PREFIX": f"dlq-{uuid.uuid4().hex[:8]}.",
         }
     )
-    applied = subprocess.run(
-        [sys.executable, "-m", "fleetctl.cli", "topics", "apply"],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    applied = run_fleet(child_env(settings), "topics", "apply")
     assert applied.returncode == 0, applied.stderr
     assert f"created  {settings.topic_prefix}{REDRIVEN}" in applied.stdout
     client = FleetClient(settings, role="test")

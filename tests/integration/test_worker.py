@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import urllib.request
 import uuid
@@ -31,6 +30,7 @@ from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import new_traceparent, trace_id
 from fleetctl.supervisor import Child, Supervisor
+from tests.fleet_cli import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -211,12 +211,6 @@ class Shared:
     settings: Settings
     child: Child
     metrics_url: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

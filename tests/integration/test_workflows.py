@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -21,6 +19,7 @@ from fleet.kafka.client import FleetClient
 from fleet.messages import DeadLetter, EventKind, WorkflowEvent
 from fleet.settings import Settings
 from fleetctl.supervisor import Supervisor, child_env
+from tests.fleet_cli import free_port, run_fleet
 
 pytestmark = pytest.mark.kafka
 
@@ -72,14 +71,7 @@ class Fleet:
         return [outcomes[i] for i in ids]
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fleetctl.cli", *args],
-            env=child_env(self.settings),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_fleet(child_env(self.settings), *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +83,10 @@ def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         }
     )
     log_dir = tmp_path_factory.mktemp("fleet-logs")
-    applied = subprocess.run(
-        [sys.executable, "-m", "fleetctl.cli", "topics", "apply"],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    applied = run_fleet(child_env(settings), "topics", "apply")
     assert applied.returncode == 0, applied.stderr
     assert "created" in applied.stdout
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        metrics_port = int(sock.getsockname()[1])
+    metrics_port = free_port()
     with Supervisor(settings, log_dir) as supervisor:
         supervisor.start("orchestrator", ["orchestrator", "--metrics-port", str(metrics_port)])
         for n in (1, 2):

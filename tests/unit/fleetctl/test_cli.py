@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fleet_cli import free_port, run_fleet
 
 pytestmark = pytest.mark.unit
 
@@ -15,20 +15,11 @@ VALID = "name: ok\nsteps:\n  - id: a\n    capability: noop\n"
 
 
 def _fleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fleetctl.cli", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_fleet({"PATH": "/usr/bin:/bin", **env}, *args, timeout=60)
 
 
 def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed once we leave: nothing listens there
+    return free_port()  # closed once it returns: nothing listens there
 
 
 def test_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ market's own pure classes (through their snapshot JSON, as the CLI reads them)."
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from types import MappingProxyType
 
@@ -17,6 +16,7 @@ from fleetctl.cli import EXIT_ERROR, main, parse_top_up, parse_units
 from fleetctl.market_view import PoolView, format_age, last_grant_price, render, view_of
 from orchestrator.market.book import BidRequest, Book
 from orchestrator.market.policy import MarketPolicy, Pool, Tenant
+from tests.fleet_cli import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -114,9 +114,7 @@ def test_bad_capacity_units_are_refused(text: str) -> None:
 
 
 def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # closed once it returns: nothing listens there
 
 
 @pytest.fixture

@@ -1,0 +1,33 @@
+"""Running the ``fleet`` command as a user does, in a child process, for the tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+
+FLEET = [sys.executable, "-m", "fleetctl.cli"]
+
+
+def run_fleet(
+    env: Mapping[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``fleet ARGS`` to its end, with its output captured; never raises on its status."""
+    return subprocess.run(
+        [*FLEET, *args], env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def popen_fleet(env: Mapping[str, str], *args: str) -> subprocess.Popen[str]:
+    """``fleet ARGS`` started, its output piped, for a test that watches it run."""
+    return subprocess.Popen(
+        [*FLEET, *args], env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a metrics server the test starts next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
