@@ -6,6 +6,7 @@ admin client by purpose and gets one configured for it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -328,16 +329,17 @@ def produce(
     """Enqueue one record; when the local queue is full, serve callbacks and try again.
 
     ``partition`` -1 (librdkafka's unassigned): the partitioner picks it from the key."""
+    send = functools.partial(
+        producer.produce,
+        topic,
+        value=value,
+        key=key,
+        partition=partition,
+        headers=list(headers),
+        on_delivery=on_delivery,
+    )
     try:
-        # The common case, kept off tenacity's machinery (a hot path: every record).
-        producer.produce(
-            topic,
-            value=value,
-            key=key,
-            partition=partition,
-            headers=list(headers),
-            on_delivery=on_delivery,
-        )
+        send()  # the common case, kept off tenacity's machinery (a hot path: every record)
         return
     except BufferError:
         pass
@@ -350,15 +352,7 @@ def produce(
         reraise=True,
     )
     try:
-        retrying(
-            producer.produce,
-            topic,
-            value=value,
-            key=key,
-            partition=partition,
-            headers=list(headers),
-            on_delivery=on_delivery,
-        )
+        retrying(send)
     except BufferError as exc:
         raise BrokerError(
             f"producer queue to {topic} stayed full after {attempts} tries; is the broker down?"
