@@ -6,7 +6,6 @@ admin client by purpose and gets one configured for it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -329,17 +328,16 @@ def produce(
     """Enqueue one record; when the local queue is full, serve callbacks and try again.
 
     ``partition`` -1 (librdkafka's unassigned): the partitioner picks it from the key."""
-    send = functools.partial(
-        producer.produce,
-        topic,
-        value=value,
-        key=key,
-        partition=partition,
-        headers=list(headers),
-        on_delivery=on_delivery,
-    )
     try:
-        send()  # the common case, kept off tenacity's machinery (a hot path: every record)
+        # The common case, kept off tenacity's machinery (a hot path: every record).
+        producer.produce(
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            headers=list(headers),
+            on_delivery=on_delivery,
+        )
         return
     except BufferError:
         pass
@@ -352,7 +350,15 @@ def produce(
         reraise=True,
     )
     try:
-        retrying(send)
+        retrying(
+            producer.produce,
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            headers=list(headers),
+            on_delivery=on_delivery,
+        )
     except BufferError as exc:
         raise BrokerError(
             f"producer queue to {topic} stayed full after {attempts} tries; is the broker down?"
