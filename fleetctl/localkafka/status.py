@@ -14,7 +14,6 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from fleet.errors import ConfigError
 from fleet.settings import Settings
 from fleetctl.localkafka.nodes import Node, layout
 from fleetctl.localkafka.process import cmdline
@@ -101,7 +100,4 @@ def resolve_bootstrap(settings: Settings) -> str:
     status = find_running(settings.kafka_run_dir.expanduser().resolve(), settings.kafka_version)
     if status is not None:
         return status.bootstrap
-    raise ConfigError(
-        "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, or start the local one with "
-        "`fleet kafka start`"
-    )
+    return settings.require_bootstrap()  # none named, none running: its ConfigError
