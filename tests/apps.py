@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from workers import App, PermanentError, TaskContext
+from fleet import App, PermanentError, TaskContext
 
 app = App()
 

@@ -9,6 +9,20 @@ from collections.abc import Mapping
 
 FLEET = [sys.executable, "-m", "fleetctl.cli"]
 
+# What the installed ``fleet`` script runs: its console entry point, with the script's own
+# directory leading the path rather than the working one (``-P``), so the working
+# directory and PYTHONPATH count exactly as they do from a user's shell.
+INSTALLED_FLEET = [
+    sys.executable,
+    "-P",
+    "-c",
+    "import sys\n"
+    "from importlib.metadata import entry_points\n"
+    "(script,) = entry_points(group='console_scripts', name='fleet')\n"
+    "sys.argv[0] = 'fleet'\n"
+    "sys.exit(script.load()())\n",
+]
+
 
 def run_fleet(
     env: Mapping[str, str], *args: str, timeout: float = 120

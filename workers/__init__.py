@@ -1,6 +1,3 @@
-"""The worker SDK: register capability handlers on an :class:`App`; ``fleet worker`` runs it."""
-
-from fleet.errors import PermanentError, RetryableError
-from workers.app import App, TaskContext
-
-__all__ = ["App", "PermanentError", "RetryableError", "TaskContext"]
+"""The worker runtime: runs the capability handlers of a user's :class:`fleet.App`
+(``fleet worker --app module:app``). Users write handlers against the kernel's contract
+(``from fleet import App, TaskContext``), never against this package."""

@@ -5,15 +5,16 @@ was cancelled or failed, or the attempt timed out: ``orchestrator.cancellation``
 worker process reads those cancellations (``workers.shell.cancellations``) and hands each
 to a :class:`CancelRegistry`, which signals the matching attempt if it runs here.
 
-What a handler sees: its :class:`~workers.app.TaskContext` carries a
-:class:`Cancellation`. ``ctx.cancelled`` turns true, ``await ctx.wait_cancelled()``
-returns and ``ctx.cancel_event`` (a ``threading.Event``) is set, whichever suits the
-handler. An async handler's task is also cancelled (``CancelledError`` at its next
-``await``), which stops the common case, an agent awaiting a model, with no code at all.
-A sync handler cannot be stopped from outside (Python cannot kill a thread), so it is
-asked: a handler with a loop checks ``ctx.cancelled`` or waits on ``ctx.cancel_event``.
-The worker's own deadline sets the same signal when it gives up on a handler, so a sync
-handler left running past its deadline learns it too.
+What a handler sees: its :class:`~fleet.app.TaskContext` carries a
+:class:`~fleet.cancellation.Cancellation`. ``ctx.cancelled`` turns true, ``await
+ctx.wait_cancelled()`` returns and ``ctx.cancel_event`` (a ``threading.Event``) is set,
+whichever suits the handler. An async handler's task is also cancelled
+(``CancelledError`` at its next ``await``), which stops the common case, an agent
+awaiting a model, with no code at all. A sync handler cannot be stopped from outside
+(Python cannot kill a thread), so it is asked: a handler with a loop checks
+``ctx.cancelled`` or waits on ``ctx.cancel_event``. The worker's own deadline sets the
+same signal when it gives up on a handler, so a sync handler left running past its
+deadline learns it too.
 
 What the worker does with a cancelled attempt (:mod:`workers.execute`): it waits for the
 handler to end, at most until the attempt's deadline (the slot stays taken while the
@@ -29,68 +30,15 @@ is bounded; past it, an attempt runs and its result is dropped, as without cance
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
 from collections import OrderedDict
+
+from fleet.cancellation import Cancellation
 
 # (task_id, attempt): what a cancellation names, and what a worker runs.
 Key = tuple[str, int]
 
 DEADLINE = "deadline passed"  # the reason the worker's own deadline gives
-
-
-class Cancellation:
-    """A one-shot, thread-safe signal: set once (from any thread), seen from any thread
-    (``is_set``, ``event``) and awaited from any asyncio loop (``wait``)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self.reason: str | None = None
-
-    @property
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    @property
-    def event(self) -> threading.Event:
-        return self._event
-
-    def cancel(self, reason: str) -> bool:
-        """Set the signal and wake every waiter; False if it was already set."""
-        with self._lock:
-            if self._event.is_set():
-                return False
-            self.reason = reason
-            self._event.set()
-            waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            # A closed loop has nobody left waiting on it.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_wake, future)
-        return True
-
-    async def wait(self) -> None:
-        """Return once the signal is set (at once if it is)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        entry = (loop, future)
-        with self._lock:
-            if self._event.is_set():
-                return
-            self._waiters.append(entry)
-        try:
-            await future
-        finally:
-            with self._lock, contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class CancelRegistry:

@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from fleet.app import App, TaskContext
 from fleet.errors import PermanentError, RetryableError
-from workers.app import App, TaskContext
 from workers.leases import LeaseGuard
 
 app = App()

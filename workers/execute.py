@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import JsonValue
 
+from fleet.app import Capability, TaskContext, handler_deadline
+from fleet.cancellation import Cancellation
 from fleet.errors import HandlerError
 from fleet.messages import LeaseGrant, TaskAssigned, TaskError, TaskResult, TaskStatus
 from fleet.tracing import trace_id
-from workers.app import Capability, TaskContext, handler_deadline
-from workers.cancellation import DEADLINE, Cancellation
+from workers.cancellation import DEADLINE
 from workers.leases import LeaseExpired
 
 log = structlog.get_logger()

@@ -15,11 +15,13 @@ below say so, with both paths.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from fleet.app import App
 from fleet.errors import ConfigError
 
 
@@ -39,8 +41,9 @@ def import_app_module(module_name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         missing = exc.name
         if missing is not None and (module_name + ".").startswith(missing + "."):
-            raise ConfigError(_not_found(module_name, missing, cwd)) from exc
-        raise ConfigError(f"importing app module {module_name!r} failed: {exc}") from exc
+            raise ConfigError(_not_found(module_name, missing, cwd) + _taken(missing)) from exc
+        taken = _taken(missing) if missing else ""
+        raise ConfigError(f"importing app module {module_name!r} failed: {exc}{taken}") from exc
     except Exception as exc:  # any import-time failure of user code
         raise ConfigError(
             f"importing app module {module_name!r} failed: {type(exc).__name__}: {exc}"
@@ -91,6 +94,29 @@ def _not_found(module_name: str, missing: str, cwd: Path) -> str:
     )
 
 
+def _taken(missing: str) -> str:
+    """A note when ``missing`` lives in a package of the user's whose name is taken in this
+    process by one already imported (in a ``fleet`` process: the product's own ``fleet``,
+    ``orchestrator``, ``workers`` and ``fleetctl``, pinned by ``fleetctl.own_packages``)."""
+    top = missing.partition(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is None or "." not in missing:
+        return ""
+    loaded_at = {Path(p).resolve() for p in getattr(loaded, "__path__", [])}
+    for entry in sys.path:
+        spec = importlib.machinery.PathFinder.find_spec(top, [entry or os.curdir])
+        locations = (spec.submodule_search_locations or []) if spec else []
+        theirs = [Path(p).resolve() for p in locations]
+        if theirs and not set(theirs) & loaded_at:
+            return (
+                f"; {theirs[0]} is a package of yours named {top!r}, but in this process "
+                f"{top!r} is {_origin(loaded)}, which the worker itself runs on: rename yours "
+                "(the product's own top-level names are fleet, orchestrator, workers and "
+                "fleetctl)"
+            )
+    return ""
+
+
 def _origin(module: ModuleType) -> str:
     """Where ``module`` was imported from: its file, or its package directories."""
     file = getattr(module, "__file__", None)
@@ -113,3 +139,22 @@ def _shadowed(module: ModuleType, module_name: str) -> str:
         f"; {mine[0]} is not the module imported: an installed {top!r} comes first on the "
         "path, so rename yours"
     )
+
+
+def load_app(reference: str) -> App:
+    """Import ``package.module:attribute`` and check that it is an :class:`App`.
+
+    The working directory is importable (appended to the path, above)."""
+    module_name, sep, attr_path = reference.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigError(f"app reference {reference!r} must look like 'package.module:attribute'")
+    module = import_app_module(module_name)
+    target = app_attribute(module, module_name, attr_path)
+    if not isinstance(target, App):
+        raise ConfigError(
+            f"{reference!r} is a {type(target).__name__}, not a fleet.App; "
+            "point --app at the App instance your handlers are registered on"
+        )
+    if not len(target):
+        raise ConfigError(f"app {reference!r} has no capabilities registered")
+    return target

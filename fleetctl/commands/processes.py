@@ -10,7 +10,7 @@ from fleet.settings import Guarantee, Settings
 from fleetctl.commands.params import metrics_options, with_broker, with_settings
 from fleetctl.demo import run_demo
 from orchestrator.shell.runtime import run as run_orchestrator
-from workers.app import load_app
+from workers.loading import load_app
 from workers.shell.runtime import run as run_worker
 
 

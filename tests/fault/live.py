@@ -99,7 +99,7 @@ class LiveRun:
         apply_topics(
             clients.ready_admin(), topology, desired_topics(topology, topics, topology.capabilities)
         )
-        from workers.app import load_app  # noqa: PLC0415 - only the live run needs the app
+        from workers.loading import load_app  # noqa: PLC0415 - only the live run needs the app
 
         capabilities = load_app(WORKER_APP).capabilities
 

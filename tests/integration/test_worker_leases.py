@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from fleet import App, PermanentError, TaskContext
 from fleet.messages import LeaseGrant, TaskAssigned, TaskStatus
 from fleet.settings import Settings
 from fleetctl.supervisor import Child, Supervisor
 from tests.integration.test_worker import ROOT, Harness, log_lines, wait_for_log
-from workers import App, PermanentError, TaskContext
 from workers.leases import LeaseGuard
 
 pytestmark = pytest.mark.kafka

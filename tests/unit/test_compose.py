@@ -10,7 +10,7 @@ import yaml
 
 from fleet.settings import DEFAULT_KAFKA_VERSION
 from fleetctl.cli import resolve
-from workers.app import load_app
+from workers.loading import load_app
 
 pytestmark = pytest.mark.unit
 

@@ -17,13 +17,13 @@ import structlog
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
+from fleet.app import App
 from fleet.errors import ConfigError, FleetError
 from fleet.kafka import KafkaClients
 from fleet.kafka.topics import apply_topics, desired_topics
 from fleet.metrics import serve_metrics
 from fleet.settings import Settings
 from fleet.topology import Topics, Topology
-from workers.app import App
 from workers.shell.metrics import WorkerMetrics
 from workers.shell.worker import Worker
 

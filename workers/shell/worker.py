@@ -26,6 +26,8 @@ from functools import partial
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from fleet.app import App
+from fleet.cancellation import Cancellation
 from fleet.codec import Codec, SchemaStore
 from fleet.errors import BrokerError, DecodeError
 from fleet.kafka import TRACEPARENT, DeliveryCallback, KafkaClients, header, headers_for, produce
@@ -34,9 +36,8 @@ from fleet.messages import TaskAssigned
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleet.tracing import child_of
-from workers.app import App
 from workers.bridge import HandlerLoop, HandlerThreads
-from workers.cancellation import Cancellation, CancelRegistry, Key
+from workers.cancellation import CancelRegistry, Key
 from workers.execute import Outcome, handle_task
 from workers.offsets import OffsetTracker, PartitionOffsets
 from workers.shell.cancellations import CancellationFeed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
 import sys
 import threading
 import time
@@ -14,16 +15,19 @@ from typing import Any
 import pytest
 import structlog
 
-import workers
+import fleet
+import fleet.app as fleet_app
+from fleet import App, TaskContext
+from fleet.app import Capability
 from fleet.errors import ConfigError, PermanentError, RetryableError
+from fleet.kafka.client import FleetClient
 from fleet.messages import TaskAssigned, TaskStatus
 from fleet.settings import Settings
 from fleet.topology import Topology
-from workers import App, TaskContext
-from workers.app import Capability, load_app
 from workers.bridge import HandlerThreads
 from workers.examples import app as examples
 from workers.execute import Outcome, execute
+from workers.loading import load_app
 
 pytestmark = pytest.mark.unit
 
@@ -31,10 +35,29 @@ pytestmark = pytest.mark.unit
 # -- registration ---------------------------------------------------------------------
 
 
-def test_facade_reexports_the_sdk() -> None:
-    assert sorted(workers.__all__) == ["App", "PermanentError", "RetryableError", "TaskContext"]
-    assert workers.RetryableError is RetryableError
-    assert workers.PermanentError is PermanentError
+def test_one_import_path_for_users() -> None:
+    """``from fleet import ...`` is all an agent module or a client program needs."""
+    assert {"App", "TaskContext", "RetryableError", "PermanentError", "FleetClient"} <= set(
+        fleet.__all__
+    )
+    assert (fleet.App, fleet.TaskContext) == (fleet_app.App, fleet_app.TaskContext)
+    assert fleet.FleetClient is FleetClient
+    assert (fleet.RetryableError, fleet.PermanentError) == (RetryableError, PermanentError)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = fleet.Nope
+
+
+def test_import_fleet_loads_neither_the_contract_nor_a_broker_client() -> None:
+    """The SDK names load on first use, so the kernel's package init stays light for every
+    pure module (each one imports ``fleet`` first)."""
+    probe = (
+        "import sys, fleet; print(sorted(m for m in ('fleet.app', 'fleet.kafka.client', "
+        "'confluent_kafka') if m in sys.modules)); fleet.App; print('fleet.app' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["[]", "True"], done.stdout + done.stderr
 
 
 def test_decorator_registers_and_returns_the_function_unchanged() -> None:
@@ -123,8 +146,8 @@ def test_load_app_finds_the_examples() -> None:
         (":app", "must look like"),
         ("no_such_module_xyz:app", "app module 'no_such_module_xyz' not found"),
         ("workers.examples:nope", "has no attribute 'nope'"),
-        ("workers.examples:classify", "is a function, not a workers.App"),
-        ("workers.examples:CATEGORIES", "is a dict, not a workers.App"),
+        ("workers.examples:classify", "is a function, not a fleet.App"),
+        ("workers.examples:CATEGORIES", "is a dict, not a fleet.App"),
     ],
 )
 def test_load_app_bad_references_say_what_is_wrong(reference: str, message: str) -> None:
@@ -143,7 +166,7 @@ def test_load_app_reports_a_failing_import_inside_the_module(app_dir: Path) -> N
 
 def test_load_app_refuses_an_empty_app_and_follows_dotted_attributes(app_dir: Path) -> None:
     (app_dir / "fleet_test_app_ok.py").write_text(
-        "from workers import App\n"
+        "from fleet import App\n"
         "class Holder:\n    app = App()\n"
         "Holder.app.capability('x')(lambda p: p)\n"
         "empty = App()\n"

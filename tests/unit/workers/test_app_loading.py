@@ -6,19 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleet.errors import ConfigError
-from workers.app import load_app
+from tests.fleet_cli import INSTALLED_FLEET
+from workers.loading import load_app
 
 pytestmark = pytest.mark.unit
 
 AGENTS = """\
-from workers import App
+from fleet import App
 
 app = App()
 
@@ -127,16 +127,8 @@ def test_fleet_worker_finds_the_app_in_its_working_directory(tmp_path: Path) -> 
     (tmp_path / "myagents.py").write_text(AGENTS)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
     env |= {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "FLEET_CONNECT_TIMEOUT": "1"}
-    # What the installed script runs: the console entry point named fleet.
-    fleet = textwrap.dedent("""\
-        import sys
-        from importlib.metadata import entry_points
-        (script,) = entry_points(group="console_scripts", name="fleet")
-        sys.argv[0] = "fleet"
-        sys.exit(script.load()())
-    """)
     done = subprocess.run(
-        [sys.executable, "-P", "-c", fleet, "worker", "--app", "myagents:app"],
+        [*INSTALLED_FLEET, "worker", "--app", "myagents:app"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

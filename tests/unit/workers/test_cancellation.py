@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fleet import App, TaskContext
+from fleet.cancellation import Cancellation
 from fleet.messages import TaskAssigned
-from workers import App, TaskContext
 from workers.bridge import HandlerThreads
-from workers.cancellation import DEADLINE, Cancellation, CancelRegistry
+from workers.cancellation import DEADLINE, CancelRegistry
 from workers.execute import Outcome, execute
 from workers.shell.metrics import WorkerMetrics
 

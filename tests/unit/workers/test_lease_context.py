@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from fleet import App, TaskContext
+from fleet.app import handler_deadline
 from fleet.messages import LeaseGrant, TaskAssigned, TaskStatus
-from workers import App, TaskContext
-from workers.app import handler_deadline
 from workers.bridge import HandlerThreads
 from workers.execute import Outcome, execute
 

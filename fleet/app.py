@@ -1,8 +1,12 @@
-"""The worker SDK: an :class:`App` of capability handlers, and the context a handler gets.
+"""The handler contract: an :class:`App` of capability handlers, and the context a
+handler gets. Users import it as ``from fleet import App, TaskContext``.
 
+It lives in the kernel because it is a contract between two parties, the user's code and
+the worker runtime, and user code should need nothing but the kernel: an agent module
+imports ``fleet`` alone, never the runtime's packages (README, "One import path").
 Registration decides once how each handler is called (sync or async, with or without a
-:class:`TaskContext`); :func:`load_app` finds the app that ``fleet worker --app`` names.
-How one task runs is :mod:`workers.execute`; the Kafka shell is :mod:`workers.shell.worker`.
+:class:`TaskContext`); ``fleet worker --app`` finds the app (:mod:`workers.loading`), and
+:mod:`workers.execute` runs one task.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ from typing import Any, TypeVar
 
 from pydantic import JsonValue
 
+from fleet.cancellation import Cancellation
 from fleet.errors import ConfigError
 from fleet.messages import LeaseGrant, TaskAssigned
 from fleet.topology import check_capability
-from workers.cancellation import Cancellation
-from workers.loading import app_attribute, import_app_module
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +57,7 @@ class TaskContext:
     traceparent: str | None
     leases: tuple[LeaseGrant, ...] = ()  # on contended resources, as the auctioneer granted
     # Set when the orchestrator cancels this attempt or the worker gives up on it
-    # (workers.cancellation); read it through the members below.
+    # (workers.cancellation says which); read it through the members below.
     cancellation: Cancellation = field(default_factory=Cancellation, repr=False, compare=False)
 
     @property
@@ -178,22 +181,3 @@ class App:
 
     def __len__(self) -> int:
         return len(self._capabilities)
-
-
-def load_app(reference: str) -> App:
-    """Import ``package.module:attribute`` and check that it is an :class:`App`.
-
-    The working directory is importable (appended to the path: :mod:`workers.loading`)."""
-    module_name, sep, attr_path = reference.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ConfigError(f"app reference {reference!r} must look like 'package.module:attribute'")
-    module = import_app_module(module_name)
-    target = app_attribute(module, module_name, attr_path)
-    if not isinstance(target, App):
-        raise ConfigError(
-            f"{reference!r} is a {type(target).__name__}, not a workers.App; "
-            "point --app at the App instance your handlers are registered on"
-        )
-    if not len(target):
-        raise ConfigError(f"app {reference!r} has no capabilities registered")
-    return target
