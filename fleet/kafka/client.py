@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -311,6 +312,39 @@ class FleetClient:
                 yield event
                 if until(event):
                     return
+
+    def outcome(
+        self,
+        workflow_id: str,
+        *,
+        since_ms: int,
+        timeout_s: float,
+        on_waiting: Callable[[str], None] | None = None,
+    ) -> WorkflowEvent | None:
+        """``workflow_id``'s terminal event, read from its own partition of the events
+        from ``since_ms`` on (None: not within ``timeout_s``).
+
+        Made for "send, then wait": pass a time from before the send, and nothing is
+        missed however the send and the read interleave. The events topic may not exist
+        yet (``fleet submit --wait`` right after ``fleet orchestrator &``, which creates
+        it): until it does, ``on_waiting`` hears why once, and the wait goes on.
+        """
+        deadline = time.monotonic() + timeout_s
+        log = self.workflow_log()
+        told = False
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                log.partition(self.topics.events, workflow_id)
+            except BrokerError as exc:
+                if on_waiting is not None and not told:
+                    on_waiting(f"{exc}; waiting")
+                    told = True
+                time.sleep(min(0.5, left))
+                continue
+            events = log.follow(workflow_id, since_ms=since_ms, timeout_s=left)
+            with closing(events):
+                return next((event for event in events if event.kind.terminal), None)
+        return None
 
     def wait(
         self, consumer: TopicReader, workflow_ids: Iterable[str], timeout_s: float

@@ -78,11 +78,13 @@ class WorkflowLog:
         *,
         since_ms: int | None = None,
         on_caught_up: Callable[[], None] | None = None,
+        timeout_s: float | None = None,
     ) -> Generator[WorkflowEvent]:
         """Every event of ``workflow_id`` from the start of its partition (or the first
         record at or after ``since_ms``), live after that, ending with its terminal event,
         however long ago that was. ``on_caught_up`` is called once the events that were
         there when this started have been read without finding the end (it still runs).
+        With ``timeout_s``, it also ends (without a terminal event) once that has passed.
 
         Close the iterator (``contextlib.closing``) to let go of the reader early."""
         topic = self.topics.events
@@ -100,8 +102,9 @@ class WorkflowLog:
             lambda: self.clients.consumer(group), self.clients.admin, topic, {partition: start}
         )
         key = workflow_id.encode()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            while True:
+            while deadline is None or time.monotonic() < deadline:
                 for record in reader.consume(500, timeout=0.2):
                     error = record.error()
                     if error is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Generator
 from contextlib import closing
 from pathlib import Path
@@ -81,15 +82,19 @@ def submit(
         doc["input"] = input_doc
     parse_spec(doc)  # the document itself first: a bad file needs no broker to be refused
     with closing(FleetClient(connected(settings), role="submit")) as client:
-        parse_spec(doc, has_capability=client.has_capability)  # raises SpecError: nothing sent
+        try:
+            parse_spec(doc, has_capability=client.has_capability)  # nothing sent if invalid
+        except SpecError as exc:
+            if any(why.endswith("has no task topic") for _, why in exc.problems):
+                print(NO_TASK_TOPIC, file=sys.stderr)
+            raise
         if not wait:
             print(client.submit(doc, workflow_id))  # type: ignore[arg-type]
             return EXIT_OK
-        # The reader starts at the events' current end, before the submission is sent.
-        with closing(client.event_consumer(from_beginning=False)) as consumer:
-            workflow_id = client.submit(doc, workflow_id)  # type: ignore[arg-type]
-            print(workflow_id, file=sys.stderr)
-            outcome = client.wait(consumer, [workflow_id], timeout).get(workflow_id)
+        since_ms = _before_now()
+        workflow_id = client.submit(doc, workflow_id)  # type: ignore[arg-type]
+        print(workflow_id, file=sys.stderr)
+        outcome = _outcome(client, workflow_id, since_ms, timeout)
     if outcome is None:
         print(f"fleet: no outcome for {workflow_id} within {timeout:.0f} s", file=sys.stderr)
         return EXIT_FAILED
@@ -144,6 +149,31 @@ def tail(
             for event in events:
                 _print_event(event, as_json)
     return EXIT_OK
+
+
+NO_TASK_TOPIC = (
+    "fleet: a capability's task topic is created by the first `fleet worker` that registers "
+    "it (or by `fleet topics apply` from topics.yaml); is that worker started yet?"
+)
+
+# How far before "now" a --wait starts reading its workflow's partition: its events carry
+# the orchestrator's clock, which may run behind this machine's.
+CLOCK_SLACK_MS = 60_000
+
+
+def _before_now() -> int:
+    return int(time.time() * 1000) - CLOCK_SLACK_MS
+
+
+def _outcome(
+    client: FleetClient, workflow_id: str, since_ms: int, timeout: float
+) -> WorkflowEvent | None:
+    """The terminal event of a workflow this command just sent something for."""
+
+    def waiting(why: str) -> None:
+        print(f"fleet: {why} (`fleet orchestrator` creates the topics)", file=sys.stderr)
+
+    return client.outcome(workflow_id, since_ms=since_ms, timeout_s=timeout, on_waiting=waiting)
 
 
 def _one_workflow(
@@ -244,10 +274,10 @@ def cancel(settings: Settings, workflow_id: str, reason: str, wait: bool, timeou
             client.cancel(workflow_id, reason)
             print(workflow_id)
             return EXIT_OK
-        with closing(client.event_consumer(from_beginning=False)) as consumer:
-            client.cancel(workflow_id, reason)
-            print(workflow_id, file=sys.stderr)
-            outcome = client.wait(consumer, [workflow_id], timeout).get(workflow_id)
+        since_ms = _before_now()
+        client.cancel(workflow_id, reason)
+        print(workflow_id, file=sys.stderr)
+        outcome = _outcome(client, workflow_id, since_ms, timeout)
     if outcome is None:
         print(
             f"fleet: no terminal event for {workflow_id} within {timeout:.0f} s "

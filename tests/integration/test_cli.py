@@ -6,6 +6,7 @@ it, ``kafka status`` says where it lives."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -166,6 +167,25 @@ def test_top_up_of_a_running_workflow_is_sent(fleet: Fleet) -> None:
     done = fleet.cli("budget", "top-up", workflow_id, "0.5")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("tu-")
+
+
+def test_submit_wait_prints_the_outcome_and_a_capability_nobody_serves_says_why(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text(
+        "name: one\nsteps: [{id: a, capability: noop, input: {v: 3}}]\noutput: $.steps.a.output\n"
+    )
+    done = fleet.cli("submit", str(spec), "--wait", "--timeout", str(WAIT_S))
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert (outcome["kind"], outcome["output"]) == ("COMPLETED", {"v": 3})
+
+    spec.write_text("name: two\nsteps: [{id: a, capability: nobody-serves-this, input: {}}]\n")
+    refused = fleet.cli("submit", str(spec), "--wait")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "capability 'nobody-serves-this' has no task topic" in refused.stderr
+    assert "created by the first `fleet worker` that registers it" in refused.stderr
 
 
 @pytest.mark.timeout(300)
