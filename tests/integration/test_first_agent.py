@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -154,3 +155,20 @@ def test_the_readme_walkthrough_beside_the_projects_own_workers_package(
     kinds = [json.loads(line)["kind"] for line in tail.stdout.splitlines() if line.strip()]
     assert kinds[0] == "ACCEPTED" and kinds[-1] == "COMPLETED", tail.stdout
     assert kinds.count("STEP_STARTED") == kinds.count("STEP_COMPLETED") == 2, tail.stdout
+
+    # The README's Python client, run as written: a program of the user's, in the project
+    # whose own workers/ stays importable for it (only `fleet` is the product's there).
+    program = readme_block("python", "import os")
+    assert "from fleet import FleetClient, Settings" in program
+    client = subprocess.run(
+        [sys.executable, "-c", program + "\nimport workers  # the project's own: it raises\n"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S + 30,
+        check=False,
+    )
+    assert "COMPLETED {'greeting': 'hello, you'}" in client.stdout, client.stdout + client.stderr
+    assert "ACCEPTED None" in client.stdout and "STEP_COMPLETED a" in client.stdout
+    assert "the project's own workers package was imported" in client.stderr, client.stderr
