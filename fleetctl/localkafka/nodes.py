@@ -21,9 +21,18 @@ from fleetctl.localkafka.process import cmdline, tail
 # one lower: a single node works alone, and in a cluster one node may die without stopping
 # acks=all writes, transactions or share groups. The small dedupe buffer keeps the cleaner
 # inside a 512 MiB heap. The product creates its topics itself.
+# The quorum's timeouts are raised from 2 s (fetch, request) and 1 s (election): on a
+# loaded 2-core machine three JVMs and a fleet share the CPUs, a controller event can
+# take 5 s, and with the defaults the two voters left after a kill -9 kept timing each
+# other out, electing and resigning for a minute with no active controller, so the dead
+# node was never fenced and its partitions never moved. Detecting a dead controller
+# takes a few seconds longer; a single node is its own quorum and never waits on these.
 _SERVER_PROPERTIES = """process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
+controller.quorum.fetch.timeout.ms=6000
+controller.quorum.election.timeout.ms=2000
+controller.quorum.request.timeout.ms=4000
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 inter.broker.listener.name=PLAINTEXT
