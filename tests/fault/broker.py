@@ -57,7 +57,9 @@ def write_replicated_topology(source: Path, run_dir: Path, brokers: int) -> Path
 class Broker:
     """The broker the driver started (restartable, nodes killable) or an external one."""
 
-    NODE_START_S = 120.0
+    # A (re)started node may replay its logs for minutes on a loaded 2-core machine (once
+    # over 80 s, with one controller event of 11 s); past this it counts as not back.
+    NODE_START_S = 180.0
     IN_SYNC_S = 120.0
 
     def __init__(self, local: LocalKafka | None, bootstrap: str, log: DriverLog) -> None:
@@ -85,7 +87,7 @@ class Broker:
         assert self.local is not None
         self.restore()  # every node runs before the whole broker stops
         stopped = time.monotonic()
-        bootstrap = self.local.restart(down_s=down_s, timeout_s=120)
+        bootstrap = self.local.restart(down_s=down_s, timeout_s=self.NODE_START_S)
         if bootstrap != self.bootstrap:
             raise FleetError(
                 f"the broker came back on {bootstrap}, not {self.bootstrap}: clients cannot follow"

@@ -572,7 +572,7 @@ def _report(summary: FaultSummary, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.fault
 @pytest.mark.kafka
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)  # a run of ~120 s, plus a broker restart's Broker.NODE_START_S
 def test_short_fault_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """~200 workflows; orchestrators and workers killed, one paused, the broker restarted,
     one garbage round. CI runs this one."""
