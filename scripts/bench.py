@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 
 from bench_common import PARTITIONS, clients, fresh_topics
+from bench_floor import floor_relay, paced_floor_latency
 from bench_recovery import print_recovery, run_recovery
 from bench_runs import collect, paced_relay_latency, relay, run_baseline, run_platform
 
@@ -53,6 +54,9 @@ RESTORE_WORKFLOWS = 100_000
 TXN_CONFIGS = "exactly_once:0,exactly_once:100,exactly_once:1000,at_least_once:0"
 RECOVERY_CONFIGS = "exactly_once:0,at_least_once:0"
 RECOVERY_SESSION_TIMEOUT_MS = 10_000  # librdkafka's 45 s would be most of every row
+# The latency floor (bench_floor.py), paced only: the platform's four hops with plain
+# clients, and with the orchestrator side's transactions.
+FLOOR_ROWS = (("floor, 4 hops", False), ("floor, 4 hops, txn", True))
 
 
 Sample = dict[str, float]  # tasks_per_s, p50_ms, p99_ms, paced_p50_ms, paced_p99_ms
@@ -66,19 +70,33 @@ def run_transactions(
     configs: list[tuple[str, int]],
     paced_load: tuple[float, float],
     reps: int,
+    shapes: bool,
 ) -> dict[str, list[tuple[Sample, Sample]]]:
     """Each rep: the raw relay, then every config in turn; per row, (values, values /
     that rep's relay). Reps take turns so a noisy minute hits every row alike."""
     rows: dict[str, list[tuple[Sample, Sample]]] = {"raw relay": []}
+    rows |= {name: [] for name, _ in FLOOR_ROWS}
     rows |= {f"{guarantee} {interval_ms}": [] for guarantee, interval_ms in configs}
     for rep in range(reps):
         print(f"transactions: run {rep + 1} of {reps}", flush=True)
         relay_row = run_baseline(settings, count, work) | paced_relay_latency(settings, *paced_load)
         rows["raw relay"].append((relay_row, dict.fromkeys(relay_row, 1.0)))
+        for name, transactional in FLOOR_ROWS:
+            row = paced_floor_latency(settings, *paced_load, transactional=transactional)
+            ratio = {key: value / relay_row[key] for key, value in row.items()}
+            rows.setdefault(name, []).append((row, ratio))
+            print(f"  {name}: {_rounded(row)}", flush=True)
         for guarantee, interval_ms in configs:
             args = ("--guarantee", guarantee, "--commit-interval-ms", str(interval_ms))
-            row = run_platform(settings, count, work, orchestrator_args=args, paced_load=paced_load)
-            ratio = {key: value / relay_row[key] for key, value in row.items()}
+            row = run_platform(
+                settings,
+                count,
+                work,
+                orchestrator_args=args,
+                paced_load=paced_load,
+                shapes=shapes,
+            )
+            ratio = {key: value / relay_row[key] for key, value in row.items() if key in relay_row}
             rows[f"{guarantee} {interval_ms}"].append((row, ratio))
             print(f"  {guarantee} {interval_ms} ms: {_rounded(row)}, relay: {_rounded(relay_row)}")
     return rows
@@ -150,6 +168,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("sink")
     r.add_argument("count", type=int)
     r.add_argument("--group")
+    f = sub.add_parser("floor")
+    f.add_argument("--group", required=True)
+    f.add_argument("--route", action="append", required=True, help="SOURCE=SINK topics")
+    f.add_argument("--transactional", action="store_true")
     c = sub.add_parser("collect")
     c.add_argument("topic")
     c.add_argument("count", type=int)
@@ -171,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--txn-reps", type=int, default=1, help="median of this many runs")
     parser.add_argument("--paced-rate", type=float, default=100.0, help="workflows/s")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--no-shapes",
+        dest="shapes",
+        action="store_false",
+        help="transactions: skip the paced ten-step sequence and fan-out of 100",
+    )
     parser.add_argument("--recovery-configs", type=_configs, default=_configs(RECOVERY_CONFIGS))
     parser.add_argument("--recovery-reps", type=int, default=2)
     parser.add_argument("--recovery-rate", type=float, default=50.0, help="workflows/s")
@@ -199,6 +227,10 @@ def main() -> None:
     configure_logging(settings.model_copy(update={"log_level": "warning"}))
     if args.cmd == "relay":
         relay(settings, args.source, args.sink, args.count, args.group)
+        return
+    if args.cmd == "floor":
+        routes = dict(route.split("=", 1) for route in args.route)
+        floor_relay(settings, routes, args.group, args.transactional)
         return
     if args.cmd == "collect":
         collect(settings, args.topic, args.count, args.out, args.events)
@@ -240,6 +272,7 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
             configs=args.txn_configs,
             paced_load=paced_load,
             reps=args.txn_reps,
+            shapes=args.shapes,
         )
         _print_transactions(args, rows)
     if "recovery" in sections:
@@ -309,9 +342,33 @@ def _print_transactions(
     for name, samples in rows.items():
         cells = []
         for _, key, is_ratio in columns:
+            if key not in samples[0][0]:
+                cells.append("")  # the floor rows are paced only
+                continue
             value = statistics.median(sample[is_ratio][key] for sample in samples)
             cells.append(f"{value:.2f}" if is_ratio else f"{value:.0f}")
         print(f"{name:22}" + "".join(f"{c:>10}" for c in cells))
+    _print_shapes(rows)
+
+
+def _print_shapes(rows: dict[str, list[tuple[Sample, Sample]]]) -> None:
+    """Paced latency by workflow shape; "per step" is what each of the sequence's nine
+    extra steps added to the one-step workflow's p50."""
+    shaped = {name: samples for name, samples in rows.items() if "seq10_p50_ms" in samples[0][0]}
+    if not shaped:
+        return
+    print(
+        "\nworkflow shapes, paced (ms): one step at the paced rate, ten steps in sequence "
+        "at 10/s, a fan-out of 100 with fan-in at 2/s, each for 3 s"
+    )
+    keys = ("paced_p50_ms", "paced_p99_ms", "seq10_p50_ms", "seq10_p99_ms")
+    keys += ("fan100_p50_ms", "fan100_p99_ms")
+    heads = ("1 p50", "1 p99", "10 p50", "10 p99", "fan p50", "fan p99", "per step")
+    print(f"{'guarantee, commit ms':22}" + "".join(f"{h:>10}" for h in heads))
+    for name, samples in shaped.items():
+        values = [statistics.median(sample[0][key] for sample in samples) for key in keys]
+        per_step = (values[2] - values[0]) / 9
+        print(f"{name:22}" + "".join(f"{v:>10.0f}" for v in values) + f"{per_step:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from pydantic import JsonValue
 
@@ -29,6 +29,22 @@ from fleetctl.supervisor import child_env
 PARTITIONS = 6
 BENCH = Path(__file__).with_name("bench.py")
 NOOP: JsonValue = {"name": "bench", "steps": [{"id": "a", "capability": "noop", "input": {}}]}
+# Ten noop steps one after the other: what each extra sequential step costs.
+SEQUENCE_10: JsonValue = {
+    "name": "bench-sequence",
+    "steps": [
+        {"id": f"s{i}", "capability": "noop", "needs": [f"s{i - 1}"] if i else []}
+        for i in range(10)
+    ],
+}
+# A hundred noop steps at once, then one that needs them all.
+FAN_OUT_100: JsonValue = {
+    "name": "bench-fan-out",
+    "steps": [
+        *({"id": f"f{i}", "capability": "noop"} for i in range(100)),
+        {"id": "join", "capability": "noop", "needs": [f"f{i}" for i in range(100)]},
+    ],
+}
 
 
 def clients(settings: Settings, role: str) -> KafkaClients:
@@ -93,6 +109,16 @@ class Load(Protocol):
     def close(self) -> None: ...
 
 
+def take_batch(consumer: Consumer, most: int, wait_s: float) -> list[Message]:
+    """Up to ``most`` records: block up to ``wait_s`` for the first, then take what is
+    already fetched without waiting (``consume(most, wait_s)`` holds a part-filled batch
+    for the whole wait)."""
+    records = consumer.consume(1, timeout=wait_s)
+    if records and most > 1:
+        records += consumer.consume(most - 1, timeout=0)
+    return records
+
+
 def _reader(kafka: KafkaClients, topic: str) -> Consumer:
     """A group-less reader of every partition of ``topic``, from its current end."""
     consumer = kafka.consumer(f"bench-reader-{uuid.uuid4().hex}")
@@ -103,18 +129,20 @@ def _reader(kafka: KafkaClients, topic: str) -> Consumer:
 
 
 class FleetLoad:
-    """One-step noop workflows; a workflow comes back with its terminal event."""
+    """Workflows of one spec (one noop step by default); each comes back with its
+    terminal event."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spec: JsonValue = NOOP) -> None:
         self.client = FleetClient(settings, role="bench-load")
         self.consumer = _reader(self.client.clients, self.client.topics.events)
+        self.spec = spec
 
     def send(self) -> str:
-        return self.client.submit(NOOP, flush=False)
+        return self.client.submit(self.spec, flush=False)
 
     def poll(self, timeout_s: float) -> list[Arrival]:
         arrivals = []
-        for record in self.consumer.consume(500, timeout=timeout_s):
+        for record in take_batch(self.consumer, 500, timeout_s):
             if record.error() is not None:
                 continue
             now = time.time()
@@ -141,9 +169,9 @@ class FleetLoad:
 class RawLoad:
     """Trivial JSON tasks onto ``source``; a task comes back as the relay's copy on ``sink``."""
 
-    def __init__(self, settings: Settings, source: str, sink: str) -> None:
+    def __init__(self, settings: Settings, source: str, sink: str, linger_ms: int = 5) -> None:
         kafka = clients(settings, "bench-load")
-        self.producer: Producer = kafka.producer()
+        self.producer: Producer = kafka.producer(**{"linger.ms": linger_ms})
         self.consumer = _reader(kafka, sink)
         self.source = source
         self.sent = 0
@@ -158,11 +186,13 @@ class RawLoad:
 
     def poll(self, timeout_s: float) -> list[Arrival]:
         arrivals = []
-        for record in self.consumer.consume(500, timeout=timeout_s):
+        records = take_batch(self.consumer, 500, timeout_s)
+        now = time.time()
+        for record in records:
             if record.error() is not None:
                 continue
             body = json.loads(record.value() or b"{}")
-            arrivals.append(Arrival(body["n"], record.partition() or 0, body["sent"], time.time()))
+            arrivals.append(Arrival(body["n"], record.partition() or 0, body["sent"], now))
         return arrivals
 
     def flush(self) -> None:
@@ -231,3 +261,14 @@ def paced(
     while run.missing and time.time() < deadline:
         run.arrivals.extend(load.poll(0.2))
     return run
+
+
+def latencies(name: str, run: PacedRun) -> dict[str, float]:
+    """A paced run's p50 and p99, once every unit came back."""
+    if run.missing:
+        raise SystemExit(f"{name}: {run.missing} of {len(run.sent_at)} did not come back")
+    took = [a.arrived - a.sent for a in run.arrivals]
+    return {
+        "paced_p50_ms": statistics.median(took) * 1000,
+        "paced_p99_ms": percentile(took, 0.99) * 1000,
+    }

@@ -12,19 +12,23 @@ import uuid
 from pathlib import Path
 
 from bench_common import (
+    FAN_OUT_100,
     NOOP,
     PARTITIONS,
+    SEQUENCE_10,
     FleetLoad,
-    PacedRun,
     RawLoad,
     clients,
     fresh_topics,
+    latencies,
     paced,
     percentile,
     raw_topics,
     spawn,
+    take_batch,
 )
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from pydantic import JsonValue
 
 from fleet.kafka.client import FleetClient
 from fleet.messages import WorkflowEvent
@@ -57,9 +61,10 @@ def relay(settings: Settings, source: str, sink: str, count: int, group: str | N
     consumer.subscribe([source])
     seen = 0
     while seen < count or count == 0:
-        # A short wait: consume() holds a part-filled batch for up to its timeout, and
-        # under a paced load that wait would be the relay's whole latency.
-        records = consumer.consume(500, timeout=0.05)
+        # consume(500, timeout) would hold a part-filled batch for its whole timeout (it
+        # did: 50 ms, most of the relay's paced latency): block for the first record
+        # only, then take what is already fetched. Under a burst batches still grow.
+        records = take_batch(consumer, 500, 0.5)
         offsets: dict[int, int] = {}
         for record in records:
             if record.error() is None:
@@ -88,10 +93,10 @@ def collect(settings: Settings, topic: str, count: int, out: Path, events: bool)
     )
     client = FleetClient(settings, role="bench-collect") if events else None
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    latencies: list[float] = []
+    took: list[float] = []
     first = last = 0.0
     deadline = time.monotonic() + COLLECT_TIMEOUT_S
-    while len(latencies) < count and time.monotonic() < deadline:
+    while len(took) < count and time.monotonic() < deadline:
         for record in consumer.consume(500, timeout=0.5):
             if record.error() is not None:
                 continue
@@ -103,11 +108,11 @@ def collect(settings: Settings, topic: str, count: int, out: Path, events: bool)
                 sent = event.submitted_at_ms / 1000
             else:
                 sent = json.loads(record.value() or b"{}")["sent"]
-            latencies.append(now - sent)
+            took.append(now - sent)
             first = first or now
             last = now
     consumer.close()
-    out.write_text(json.dumps({"latencies": latencies, "last": last}))
+    out.write_text(json.dumps({"latencies": took, "last": last}))
 
 
 def _summary(name: str, start: float, result: Path, count: int) -> dict[str, float]:
@@ -156,7 +161,7 @@ def paced_relay_latency(settings: Settings, rate: float, seconds: float) -> dict
     finally:
         relay_process.kill()
         relay_process.wait(10)
-    return _latencies("paced relay", run)
+    return latencies("paced relay", run)
 
 
 def run_platform(
@@ -167,6 +172,7 @@ def run_platform(
     orchestrator_args: tuple[str, ...] = (),
     profile: Path | None = None,
     paced_load: tuple[float, float] | None = None,
+    shapes: bool = False,
 ) -> dict[str, float]:
     """A burst of ``count`` workflows on fresh topics; then, with ``paced_load`` (rate,
     seconds), a steady load whose latency is the guarantee's own, not queueing."""
@@ -201,24 +207,33 @@ def run_platform(
         result = _summary("platform", start, out, count + 1)
         if paced_load is not None:
             result |= _paced_latency(settings, *paced_load)
+            if shapes:
+                result |= _shape_latencies(settings)
         supervisor.stop_all()
     return result
 
 
-def _paced_latency(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
-    load = FleetLoad(settings)
+def _paced_latency(
+    settings: Settings, rate: float, seconds: float, spec: JsonValue = NOOP
+) -> dict[str, float]:
+    load = FleetLoad(settings, spec)
     try:
         run = paced(load, rate, seconds)
     finally:
         load.close()
-    return _latencies("paced platform", run)
+    return latencies("paced platform", run)
 
 
-def _latencies(name: str, run: PacedRun) -> dict[str, float]:
-    if run.missing:
-        raise SystemExit(f"{name}: {run.missing} of {len(run.sent_at)} did not come back")
-    latencies = [a.arrived - a.sent for a in run.arrivals]
-    return {
-        "paced_p50_ms": statistics.median(latencies) * 1000,
-        "paced_p99_ms": percentile(latencies, 0.99) * 1000,
-    }
+# Paced runs of the other shapes: (name, spec, workflows/s, seconds). Low rates: each
+# workflow is 10 or 101 tasks, and the point is latency without queueing.
+SHAPES = (("seq10", SEQUENCE_10, 10.0, 3.0), ("fan100", FAN_OUT_100, 2.0, 3.0))
+
+
+def _shape_latencies(settings: Settings) -> dict[str, float]:
+    """p50/p99 of a ten-step sequence and of a fan-out of 100 with fan-in, paced."""
+    result: dict[str, float] = {}
+    for name, spec, rate, seconds in SHAPES:
+        row = _paced_latency(settings, rate, seconds, spec)
+        result[f"{name}_p50_ms"] = row["paced_p50_ms"]
+        result[f"{name}_p99_ms"] = row["paced_p99_ms"]
+    return result
