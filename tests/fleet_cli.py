@@ -24,6 +24,19 @@ INSTALLED_FLEET = [
 ]
 
 
+# A user's agent module at its smallest: one capability that echoes its payload.
+ECHO_AGENTS = """\
+from fleet import App
+
+app = App()
+
+
+@app.capability("echo")
+def echo(payload):
+    return payload
+"""
+
+
 def run_fleet(
     env: Mapping[str, str], *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

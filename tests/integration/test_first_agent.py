@@ -111,8 +111,13 @@ def started(project: Path, env: dict[str, str]) -> Iterator[Started]:
 
 
 def fleet(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``fleet ARGS`` typed in the project directory, to its end."""
+    return run_in(project, env, [*INSTALLED_FLEET, *args])
+
+
+def run_in(project: Path, env: dict[str, str], argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*INSTALLED_FLEET, *args],
+        argv,
         cwd=project,
         env=env,
         capture_output=True,
@@ -160,15 +165,8 @@ def test_the_readme_walkthrough_beside_the_projects_own_workers_package(
     # whose own workers/ stays importable for it (only `fleet` is the product's there).
     program = readme_block("python", "import os")
     assert "from fleet import FleetClient, Settings" in program
-    client = subprocess.run(
-        [sys.executable, "-c", program + "\nimport workers  # the project's own: it raises\n"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S + 30,
-        check=False,
-    )
+    own_workers = "\nimport workers  # the project's own: it raises\n"
+    client = run_in(project, env, [sys.executable, "-c", program + own_workers])
     assert "COMPLETED {'greeting': 'hello, you'}" in client.stdout, client.stdout + client.stderr
     assert "ACCEPTED None" in client.stdout and "STEP_COMPLETED a" in client.stdout
     assert "the project's own workers package was imported" in client.stderr, client.stderr

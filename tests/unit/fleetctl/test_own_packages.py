@@ -20,22 +20,12 @@ from pathlib import Path
 import pytest
 
 from fleetctl import own_packages
-from tests.fleet_cli import INSTALLED_FLEET
+from tests.fleet_cli import ECHO_AGENTS, INSTALLED_FLEET
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
 TRAP = "raise ImportError('the user project\\'s own {name} package was imported')\n"
-AGENTS = """\
-from fleet import App
-
-app = App()
-
-
-@app.capability("echo")
-def echo(payload):
-    return payload
-"""
 
 
 @pytest.fixture
@@ -44,7 +34,7 @@ def project(tmp_path: Path) -> Path:
     for name in ("fleet", "orchestrator", "workers"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(TRAP.format(name=name))
-    (tmp_path / "myagents.py").write_text(AGENTS)
+    (tmp_path / "myagents.py").write_text(ECHO_AGENTS)
     return tmp_path
 
 
@@ -103,7 +93,7 @@ def test_a_worker_runs_the_users_agents_beside_their_workers_package(project: Pa
 
 def test_agents_inside_a_user_package_of_our_name_are_named_in_the_error(project: Path) -> None:
     (project / "workers" / "__init__.py").write_text("")
-    (project / "workers" / "mine.py").write_text(AGENTS)
+    (project / "workers" / "mine.py").write_text(ECHO_AGENTS)
     done = fleet(project, "worker", "--app", "workers.mine:app")
     assert done.returncode == 2, done.stderr
     assert f"{project / 'workers'} is a package of yours named 'workers'" in done.stderr
@@ -115,7 +105,7 @@ def test_an_import_of_a_user_package_of_our_name_from_agent_code_is_named_too(
 ) -> None:
     (project / "workers" / "__init__.py").write_text("")
     (project / "workers" / "helpers.py").write_text("HELP = 1\n")
-    (project / "myagents.py").write_text("from workers.helpers import HELP\n" + AGENTS)
+    (project / "myagents.py").write_text("from workers.helpers import HELP\n" + ECHO_AGENTS)
     done = fleet(project, "worker", "--app", "myagents:app")
     assert done.returncode == 2, done.stderr
     assert "No module named 'workers.helpers'" in done.stderr

@@ -12,21 +12,10 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import ConfigError
-from tests.fleet_cli import INSTALLED_FLEET
+from tests.fleet_cli import ECHO_AGENTS, INSTALLED_FLEET
 from workers.loading import load_app
 
 pytestmark = pytest.mark.unit
-
-AGENTS = """\
-from fleet import App
-
-app = App()
-
-
-@app.capability("echo")
-def echo(payload):
-    return payload
-"""
 
 
 @pytest.fixture
@@ -45,12 +34,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def test_the_working_directory_is_importable_at_the_end_of_the_path(project: Path) -> None:
-    (project / "fleet_user_agents.py").write_text(AGENTS)
+    (project / "fleet_user_agents.py").write_text(ECHO_AGENTS)
     path_before = list(sys.path)
     assert load_app("fleet_user_agents:app").capabilities == ["echo"]
     # Appended, not put first: the product, the stdlib and installed libraries win.
     assert sys.path == [*path_before, str(project)]
-    (project / "fleet_user_more.py").write_text(AGENTS)
+    (project / "fleet_user_more.py").write_text(ECHO_AGENTS)
     load_app("fleet_user_more:app")
     assert sys.path.count(str(project)) == 1  # once, however many loads
 
@@ -67,7 +56,7 @@ def test_a_missing_module_says_where_it_was_looked_for_and_the_hint_works(
     )
     assert "run `fleet worker` in the directory that holds fleet_user_later.py" in message
     # Following the hint is enough: the file there, the same command finds it.
-    (project / "fleet_user_later.py").write_text(AGENTS)
+    (project / "fleet_user_later.py").write_text(ECHO_AGENTS)
     assert load_app("fleet_user_later:app").capabilities == ["echo"]
 
 
@@ -80,7 +69,7 @@ def test_a_package_without_the_submodule_is_named_with_its_directory(project: Pa
         "app module 'fleet_user_pkg.agents' not found: 'fleet_user_pkg' "
         f"({project / 'fleet_user_pkg' / '__init__.py'}) has no submodule 'agents'"
     )
-    (project / "fleet_user_pkg" / "agents.py").write_text(AGENTS)
+    (project / "fleet_user_pkg" / "agents.py").write_text(ECHO_AGENTS)
     assert load_app("fleet_user_pkg.agents:app").capabilities == ["echo"]
 
 
@@ -99,7 +88,7 @@ def test_a_module_named_like_an_installed_one_is_said_to_lose(
     # The working directory comes last, so the standard library's colorsys is imported,
     # not the project's; the error says so rather than "no attribute" alone.
     monkeypatch.delitem(sys.modules, "colorsys", raising=False)
-    (project / "colorsys.py").write_text(AGENTS)
+    (project / "colorsys.py").write_text(ECHO_AGENTS)
     with pytest.raises(ConfigError) as raised:
         load_app("colorsys:app")
     message = str(raised.value)
@@ -124,7 +113,7 @@ def test_fleet_worker_finds_the_app_in_its_working_directory(tmp_path: Path) -> 
     """The trap as a user meets it: the installed ``fleet`` script (``-P``: its directory,
     not the working one, leads the path) started where myagents.py is. Nothing listens on
     the broker address, so it gets past the import and fails on the broker instead."""
-    (tmp_path / "myagents.py").write_text(AGENTS)
+    (tmp_path / "myagents.py").write_text(ECHO_AGENTS)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
     env |= {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "FLEET_CONNECT_TIMEOUT": "1"}
     done = subprocess.run(
