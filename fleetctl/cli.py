@@ -35,7 +35,7 @@ from fleetctl.commands.kafka import kafka, topics
 from fleetctl.commands.market import budget, market
 from fleetctl.commands.params import InOrder, parse_top_up, parse_units
 from fleetctl.commands.processes import demo, orchestrator, worker
-from fleetctl.commands.workflows import cancel, submit, tail
+from fleetctl.commands.workflows import cancel, status, submit, tail
 
 __all__ = [
     "EXIT_ERROR",
@@ -65,6 +65,7 @@ Start here, in this order:
   fleet worker --app myagents:app   run your agents from myagents.py (leave it running)
   fleet submit flow.yaml --wait     submit a workflow and wait for its outcome
   fleet tail --workflow ID          follow one workflow's events to its end
+  fleet status ID                   where one workflow stands
   fleet cancel ID                   cancel a running workflow
 
 Every command takes --help. The broker is KAFKA_BOOTSTRAP_SERVERS, else the local one
@@ -96,6 +97,7 @@ for _command in (
     worker,
     submit,
     tail,
+    status,
     cancel,
     dlq,
     budget,

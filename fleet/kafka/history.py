@@ -51,6 +51,15 @@ class Sighting:
         return self.last_event is not None or self.submitted
 
 
+@dataclass(frozen=True)
+class History:
+    """Every event of one workflow the topics still hold, as far as they were read."""
+
+    events: tuple[WorkflowEvent, ...]  # oldest first
+    submitted: bool  # a submission of it is on workflow.requests (read only without events)
+    complete: bool  # the partitions were read to their end within the time given
+
+
 class WorkflowLog:
     """Reads one workflow's partition of the events and requests topics."""
 
@@ -149,22 +158,31 @@ class WorkflowLog:
         """What the topics say of ``workflow_id``: its latest event; without one, whether a
         submission of it waits on the requests topic (submitted a moment ago, not yet
         accepted). Reads at most ``timeout_s``; ``complete`` says whether it got to the end."""
+        found = self.history(workflow_id, timeout_s)
+        last = found.events[-1] if found.events else None
+        return Sighting(last, submitted=found.submitted, complete=found.complete)
+
+    def history(self, workflow_id: str, timeout_s: float) -> History:
+        """Every event of ``workflow_id`` still on its partition, oldest first, read to the
+        partition's end as it was when this started; without any, whether a submission of
+        it waits on the requests topic. Reads at most ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         key = workflow_id.encode()
-        last: WorkflowEvent | None = None
+        events: list[WorkflowEvent] = []
         with ReadBack(self.clients, "fleet-lookup", strict=True) as reader:
-            events = self.topics.events
             try:
-                for record in self._records(reader, events, workflow_id, deadline):
+                for record in self._records(reader, self.topics.events, workflow_id, deadline):
                     if record.key() == key:
                         try:
-                            last = self.codec.decode(record.value(), WorkflowEvent, record=record)
+                            events.append(
+                                self.codec.decode(record.value(), WorkflowEvent, record=record)
+                            )
                         except DecodeError:
                             continue
             except ReadIncomplete:
-                return Sighting(last, submitted=False, complete=False)
-            if last is not None:
-                return Sighting(last, submitted=False, complete=True)
+                return History(tuple(events), submitted=False, complete=False)
+            if events:
+                return History(tuple(events), submitted=False, complete=True)
             requests = self.topics.requests
             try:
                 for record in self._records(reader, requests, workflow_id, deadline):
@@ -179,10 +197,10 @@ class WorkflowLog:
                             )
                         except DecodeError:
                             continue  # a cancel or a top-up: not a submission
-                        return Sighting(None, submitted=True, complete=True)
+                        return History((), submitted=True, complete=True)
             except ReadIncomplete:
-                return Sighting(None, submitted=False, complete=False)
-        return Sighting(None, submitted=False, complete=True)
+                return History((), submitted=False, complete=False)
+        return History((), submitted=False, complete=True)
 
     def _records(
         self, reader: ReadBack, topic: str, workflow_id: str, deadline: float

@@ -158,6 +158,34 @@ def test_top_up_of_an_ended_or_unknown_workflow_is_refused(fleet: Fleet) -> None
     assert "unknown workflow wf-nobody-knows" in unknown.stderr and unknown.stdout == ""
 
 
+def test_status_of_a_running_an_ended_and_an_unknown_workflow(fleet: Fleet) -> None:
+    spec = {"name": "slow", "steps": [_noop("a", {}), _noop("b", {"delay_ms": 20_000}, ["a"])]}
+    workflow_id = fleet.client.submit(spec)
+    deadline = time.monotonic() + WAIT_S
+    while (
+        "steps running (1): b (attempt 1)" not in (now := fleet.cli("status", workflow_id)).stdout
+    ):
+        assert time.monotonic() < deadline, now.stdout + now.stderr
+        time.sleep(0.5)
+    assert now.returncode == 0
+    assert now.stdout.startswith(f"{workflow_id}  RUNNING  slow  submitted ")
+    assert "steps completed (1): a" in now.stdout
+    as_json = json.loads(fleet.cli("status", workflow_id, "--json").stdout)
+    assert (as_json["state"], as_json["steps_completed"]) == ("RUNNING", ["a"])
+    assert as_json["steps_running"][0]["step"] == "b"
+
+    fleet.client.cancel(workflow_id, reason="seen enough")
+    deadline = time.monotonic() + WAIT_S
+    while (ended := fleet.cli("status", workflow_id)).stdout.split()[1] != "CANCELLED":
+        assert time.monotonic() < deadline, ended.stdout
+        time.sleep(0.5)
+    assert "steps running" not in ended.stdout and "seen enough" in ended.stdout
+
+    unknown = fleet.cli("status", "wf-nobody-knows")
+    assert unknown.returncode == 1
+    assert "unknown: no event or submission of it on the topics" in unknown.stdout
+
+
 def test_top_up_of_a_running_workflow_is_sent(fleet: Fleet) -> None:
     workflow_id = fleet.client.submit({"name": "long", "steps": [_noop("a", {"delay_ms": 5000})]})
     deadline = time.monotonic() + 30

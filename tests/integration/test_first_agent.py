@@ -161,6 +161,13 @@ def test_the_readme_walkthrough_beside_the_projects_own_workers_package(
     assert kinds[0] == "ACCEPTED" and kinds[-1] == "COMPLETED", tail.stdout
     assert kinds.count("STEP_STARTED") == kinds.count("STEP_COMPLETED") == 2, tail.stdout
 
+    status = fleet(project, env, "status", completed["workflow_id"])
+    assert status.returncode == 0, status.stderr
+    first, steps, last = status.stdout.splitlines()
+    assert first.startswith(f"{completed['workflow_id']}  COMPLETED  hello  submitted "), first
+    assert steps == "steps completed (2): greet, shout"
+    assert last == 'last event: COMPLETED output {"text":"HELLO, WORLD"}'
+
     # The README's Python client, run as written: a program of the user's, in the project
     # whose own workers/ stays importable for it (only `fleet` is the product's there).
     program = readme_block("python", "import os")
