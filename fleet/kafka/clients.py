@@ -84,8 +84,11 @@ class KafkaClients:
             # Idempotence: librdkafka's own retries never duplicate or reorder a record.
             "enable.idempotence": True,
             "acks": "all",
-            # A few ms of batching: linger 0 floods the broker with tiny requests under load.
-            "linger.ms": 5,
+            # 1 ms: each record that is not flushed waits up to the linger (a worker's
+            # result, a submission), and 5 ms of it showed in every hop of a lone workflow.
+            # Under load batches still grow while requests are in flight; 0 would send
+            # a request per record whenever one is free.
+            "linger.ms": 1,
             "compression.type": "lz4",
             # The Java clients' partitioner: a workflow's requests, results and state land
             # on the same partition number whichever client produced them.
@@ -117,8 +120,13 @@ class KafkaClients:
         return self.producer(
             **{
                 "transactional.id": transactional_id,
-                # CONCURRENT_TRANSACTIONS retries otherwise stall each commit ~100 ms.
-                "retry.backoff.ms": 20,
+                # A transaction begun right after a commit is refused with
+                # CONCURRENT_TRANSACTIONS until the coordinator has written the last one's
+                # markers (a few ms), and retried after this backoff: librdkafka's 100 ms
+                # stalled each commit, and 20 ms still stalled most transactions at light
+                # load, when every record is a transaction of its own. The price is a
+                # few more retried requests while the markers are written.
+                "retry.backoff.ms": 2,
                 # transaction.timeout.ms stays at librdkafka's 60 s on purpose: a killed
                 # instance's open transaction holds read_committed readers (and the next
                 # owner's restore) that long at most, but with 10 s an orchestrator paused

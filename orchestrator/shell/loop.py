@@ -124,7 +124,7 @@ class Orchestrator:
         )
         try:
             while not stop.is_set():
-                records = self.consumer.consume(self.batch_size, timeout=self._poll_timeout())
+                records = self._take_batch()
                 now_ms = int(time.time() * 1000)
                 due = self._next_due_ms()
                 if records or (due is not None and due <= now_ms) or self._commit_due():
@@ -137,6 +137,18 @@ class Orchestrator:
         finally:
             log.info("orchestrator leaving the group")
             self.consumer.close()
+
+    def _take_batch(self) -> list[Message]:
+        """Block for the first record only, then take what is already fetched.
+
+        ``consume(batch_size, timeout)`` would hold a part-filled batch for its whole
+        timeout (200 ms per hop at light load, most of a lone workflow's latency). Under
+        load the local queue fills while a batch is handled, so batches still grow
+        towards ``batch_size`` and commits stay one per batch."""
+        records = self.consumer.consume(1, timeout=self._poll_timeout())
+        if records and self.batch_size > 1:
+            records += self.consumer.consume(self.batch_size - 1, timeout=0)
+        return records
 
     def _next_due_ms(self) -> int | None:
         dues = [d for d in (self.engine.next_due_ms(), self.market.next_due_ms()) if d is not None]

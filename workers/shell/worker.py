@@ -150,9 +150,15 @@ class Worker:
                     for source in self.sources:
                         source.commit(source.tracker.take_commits(), asynchronous=True)
                     next_commit = time.monotonic() + COMMIT_INTERVAL_S
-                # Back off while idle; a finished task wakes the loop at once.
+                # Back off while idle; a finished task wakes the loop at once. With nothing
+                # running, wait in a task consumer: a sleep delayed each pick-up (up to
+                # IDLE_WAIT_MAX_S). Capabilities take turns, so none waits longer than that.
                 idle = 0.0 if busy else min(max(idle * 2, 0.001), IDLE_WAIT_MAX_S)
-                if idle and self._wakeup.wait(idle):
+                if idle and not (self.in_flight or self._held or self._paused):
+                    source = self.sources[next(self._rotation)]
+                    for record in source.consumer.consume(1, timeout=idle / len(self.sources)):
+                        self._take(source, record)
+                elif idle and self._wakeup.wait(idle):
                     self._wakeup.clear()
             self._drain(force)
         finally:
