@@ -12,9 +12,11 @@ Registration decides once how each handler is called (sync or async, with or wit
 from __future__ import annotations
 
 import inspect
+import json
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +28,11 @@ from fleet.messages import LeaseGrant, TaskAssigned
 from fleet.topology import check_capability
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A capability's version: semver-like, and safe in a topic or group name should a later
+# routing scheme give each version its own (letters, digits, '.', '_', '+', '-').
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+UNVERSIONED = "0.0.0"  # what a capability declared without a version is
 
 
 def handler_deadline(task: TaskAssigned) -> tuple[int | None, LeaseGrant | None]:
@@ -106,6 +113,23 @@ class TaskContext:
 
 
 @dataclass(frozen=True)
+class CapabilityInfo:
+    """What a capability's agent card says about it (:mod:`fleet.cards`), as declared on
+    ``@app.capability``. Every field has a default, so a handler registered with a name
+    alone gets a valid card: version 0.0.0, its docstring as description, its name as tag."""
+
+    version: str = UNVERSIONED
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    # JSON Schemas of the payload and the output, published as they are (not enforced).
+    input_schema: Mapping[str, Any] | None = None
+    output_schema: Mapping[str, Any] | None = None
+    # What a task costs, in the caller's terms, e.g. {"unit": "task", "credits": "0.002"}.
+    cost_model: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Capability:
     """A registered handler and how to call it, decided once at registration."""
 
@@ -113,6 +137,7 @@ class Capability:
     handler: Callable[..., Any]
     is_async: bool
     wants_context: bool
+    info: CapabilityInfo = field(default_factory=CapabilityInfo)
 
     def arguments(self, payload: JsonValue, context: TaskContext) -> tuple[Any, ...]:
         return (payload, context) if self.wants_context else (payload,)
@@ -139,6 +164,38 @@ def _wants_context(name: str, handler: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or positional[0].kind == inspect.Parameter.VAR_POSITIONAL
 
 
+def _json_object(name: str, what: str, value: Mapping[str, Any] | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"capability {name!r}: {what} must be a JSON object (a dict)")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"capability {name!r}: {what} is not JSON: {exc}") from exc
+
+
+def _info(name: str, handler: Callable[..., Any], declared: CapabilityInfo) -> CapabilityInfo:
+    """``declared`` checked, with the defaults that depend on the handler filled in."""
+    if not VERSION_RE.match(declared.version):
+        raise ConfigError(
+            f"capability {name!r}: version {declared.version!r} must be letters, digits, "
+            "'.', '_', '+', '-' (e.g. 2.1.0), at most 64 characters"
+        )
+    for what in ("input_schema", "output_schema", "cost_model"):
+        _json_object(name, what, getattr(declared, what))
+    doc = (inspect.getdoc(handler) or "").split("\n\n")[0].replace("\n", " ").strip()
+    return CapabilityInfo(
+        version=declared.version,
+        description=declared.description or doc or f"The {name} capability.",
+        tags=declared.tags or (name,),  # A2A requires at least one tag per skill
+        examples=declared.examples,
+        input_schema=declared.input_schema,
+        output_schema=declared.output_schema,
+        cost_model=declared.cost_model,
+    )
+
+
 def _is_async(handler: Callable[..., Any]) -> bool:
     # A callable object with an ``async def __call__`` is async too.
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
@@ -152,15 +209,42 @@ class App:
     def __init__(self) -> None:
         self._capabilities: dict[str, Capability] = {}
 
-    def capability(self, name: str) -> Callable[[F], F]:
-        """Register the decorated function (sync or async) as the handler of ``name``."""
+    def capability(
+        self,
+        name: str,
+        *,
+        version: str = UNVERSIONED,
+        description: str = "",
+        tags: Iterable[str] = (),
+        examples: Iterable[str] = (),
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        cost_model: Mapping[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function (sync or async) as the handler of ``name``.
+
+        The keywords are what the capability's agent card publishes (:class:`CapabilityInfo`);
+        all are optional."""
         check_capability(name)
+        declared = CapabilityInfo(
+            version=version,
+            description=description,
+            tags=tuple(tags),
+            examples=tuple(examples),
+            input_schema=input_schema,
+            output_schema=output_schema,
+            cost_model=cost_model,
+        )
 
         def register(handler: F) -> F:
             if name in self._capabilities:
                 raise ConfigError(f"capability {name!r} is registered twice in this app")
             self._capabilities[name] = Capability(
-                name, handler, _is_async(handler), _wants_context(name, handler)
+                name,
+                handler,
+                _is_async(handler),
+                _wants_context(name, handler),
+                _info(name, handler, declared),
             )
             return handler
 

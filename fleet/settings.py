@@ -67,6 +67,17 @@ class Settings(BaseModel):
     # How long the orchestrator keeps one transaction (or one offset commit) open across
     # consumed batches; 0 commits after every batch (like Kafka Streams' commit.interval.ms).
     orchestrator_commit_interval_ms: int = Field(default=0, ge=0)
+    # Agents (fleet.cards, fleet.liveness): how often a worker heartbeats (readers call
+    # it stale after 3 missed, dead after 10), the window of the latency and error figures
+    # it reports, its region, and the name its agent id is made of (else the app's module).
+    heartbeat_s: float = Field(default=2.0, gt=0, le=3600)
+    stats_window_s: float = Field(default=60.0, gt=0)
+    region: str = ""
+    agent_name: str | None = None
+    # Where a worker keeps the claim on its agent id (workers.identity), across restarts.
+    agent_state_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "state" / "fleet" / "agents"
+    )
 
     @model_validator(mode="after")
     def _commit_interval_fits_the_transaction(self) -> Settings:
@@ -98,6 +109,11 @@ class Settings(BaseModel):
             "FLEET_CONNECT_TIMEOUT": "connect_timeout_s",
             "FLEET_ORCHESTRATOR_GUARANTEE": "orchestrator_guarantee",
             "FLEET_ORCHESTRATOR_COMMIT_INTERVAL_MS": "orchestrator_commit_interval_ms",
+            "FLEET_HEARTBEAT_S": "heartbeat_s",
+            "FLEET_STATS_WINDOW_S": "stats_window_s",
+            "FLEET_REGION": "region",
+            "FLEET_AGENT_NAME": "agent_name",
+            "FLEET_AGENT_STATE_DIR": "agent_state_dir",
         }
         for var, field in simple.items():
             if env.get(var):

@@ -23,6 +23,8 @@ TASKS_PREFIX = "tasks."
 # Read by every worker process, each on its own (no consumer group): see the topic's
 # entry in topics.yaml and workers.shell.cancellations.
 CANCELLATIONS = "task.cancellations"
+# Read whole by every reader (fleet.kafka.registry): an agent's cards and its heartbeats.
+AGENT_REGISTRY, AGENT_HEARTBEATS = "agents.registry", "agents.heartbeats"
 MARKET_BIDS, MARKET_OUTCOMES, MARKET_LEDGER, MARKET_STATE = (
     "market.bids",
     "market.outcomes",
@@ -56,6 +58,7 @@ class Topology(BaseModel):
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             raise ConfigError(f"topology file {path} is invalid: {exc}") from exc
         core = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE, CANCELLATIONS}
+        core |= {AGENT_REGISTRY, AGENT_HEARTBEATS}
         missing = core - topology.topics.keys()
         if missing:
             raise ConfigError(f"topology file {path} lacks topics: {sorted(missing)}")
@@ -124,6 +127,14 @@ class Topics:
     @property
     def market_state(self) -> str:
         return self.prefix + MARKET_STATE
+
+    @property
+    def agent_registry(self) -> str:
+        return self.prefix + AGENT_REGISTRY
+
+    @property
+    def agent_heartbeats(self) -> str:
+        return self.prefix + AGENT_HEARTBEATS
 
     def tasks(self, capability: str) -> str:
         return self.prefix + TASKS_PREFIX + check_capability(capability)

@@ -30,6 +30,7 @@ import click
 
 from fleet.errors import FleetError, SpecError
 from fleetctl.commands import EXIT_ERROR, EXIT_FAILED, EXIT_OK
+from fleetctl.commands.agents import agents
 from fleetctl.commands.dlq import dlq
 from fleetctl.commands.kafka import kafka, topics
 from fleetctl.commands.market import budget, market
@@ -63,6 +64,7 @@ Start here, in this order:
   fleet topics apply                create the topics
   fleet orchestrator                run an orchestrator (leave it running)
   fleet worker --app myagents:app   run your agents from myagents.py (leave it running)
+  fleet agents                      which agents are alive, how loaded, how they fare
   fleet submit flow.yaml --wait     submit a workflow and wait for its outcome
   fleet tail --workflow ID          follow one workflow's events to its end
   fleet status ID                   where one workflow stands
@@ -95,6 +97,7 @@ for _command in (
     topics,
     orchestrator,
     worker,
+    agents,
     submit,
     tail,
     status,

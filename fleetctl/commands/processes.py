@@ -6,10 +6,12 @@ from typing import get_args
 
 import click
 
+from fleet.errors import ConfigError
 from fleet.settings import Guarantee, Settings
 from fleetctl.commands.params import metrics_options, with_broker, with_settings
 from fleetctl.demo import run_demo
 from orchestrator.shell.runtime import run as run_orchestrator
+from workers.identity import check_agent_id, default_name
 from workers.loading import load_app
 from workers.shell.runtime import run as run_worker
 
@@ -54,7 +56,8 @@ def orchestrator(
     "worker",
     short_help="Run a worker pool for your agents (an App).",
     help="Run a worker pool process: it runs the handlers of an App (your agents) for the "
-    "tasks of their capabilities. Runs until stopped; start more for more capacity.",
+    "tasks of their capabilities, as one agent: it publishes an A2A card per capability "
+    "and heartbeats (see `fleet agents`). Runs until stopped; start more for more capacity.",
 )
 @click.option(
     "--app",
@@ -76,6 +79,18 @@ def orchestrator(
     metavar="SECONDS",
     help="on SIGTERM, how long running tasks may take to finish",
 )
+@click.option(
+    "--agent-id",
+    metavar="ID",
+    help="this process's agent id (a restart with the same id is the same agent); default: "
+    "<host>-<name>-<slot>, the name FLEET_AGENT_NAME or the app's module, the slot the "
+    "lowest one no running worker on this host holds",
+)
+@click.option(
+    "--region",
+    metavar="REGION",
+    help="the region its agent card and heartbeats name (default: FLEET_REGION, else none)",
+)
 @metrics_options
 @with_broker
 def worker(
@@ -84,9 +99,18 @@ def worker(
     app: str,
     concurrency: int,
     grace: float,
+    agent_id: str | None,
+    region: str | None,
     metrics_port: int | None,
     metrics_host: str,
 ) -> int:
+    if agent_id is not None:
+        try:
+            check_agent_id(agent_id)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--agent-id") from exc
+    if region is not None:
+        settings = settings.model_copy(update={"region": region})
     return run_worker(
         settings,
         load_app(app),
@@ -94,6 +118,8 @@ def worker(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         grace_s=grace,
+        agent_id=agent_id,
+        agent_name=default_name(app),
     )
 
 

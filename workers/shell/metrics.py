@@ -1,4 +1,5 @@
-"""The worker's Prometheus metrics: what a pool process counts about the tasks it runs."""
+"""The worker's Prometheus metrics: what a pool process counts about the tasks it runs,
+and the same finished tasks handed to the agent's heartbeat figures (``workers.stats``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fleet.metrics import LATENCY_BUCKETS
 from workers.execute import Outcome
+from workers.stats import HandlerStats
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, stats: HandlerStats | None = None) -> None:
+        self.stats = stats or HandlerStats()
+
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(f"fleet_worker_{name}", doc, labels, registry=registry)
 
@@ -46,6 +50,7 @@ class WorkerMetrics:
         if outcome.cancelled:
             self.cancelled.labels(capability, "running").inc()
             return  # neither succeeded nor failed: its result is not produced
+        self.stats.record(result.duration_ms, failed=result.error is not None)
         if result.error is None:
             self.succeeded.labels(capability).inc()
         else:

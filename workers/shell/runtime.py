@@ -1,8 +1,11 @@
 """Running a worker pool process: start-up checks, signals, metrics, then the Kafka loop.
 
 Before consuming, ``run`` waits for the broker and creates the topics the worker needs;
-then it serves the metrics and runs a :class:`~workers.shell.worker.Worker` until SIGTERM or
-SIGINT, and drains it. A second signal stops waiting for the tasks in flight.
+then it serves the metrics (and the agent's card), registers the agent and starts its
+heartbeats (:mod:`workers.shell.heartbeat`), and runs a
+:class:`~workers.shell.worker.Worker` until SIGTERM or SIGINT, and drains it (heartbeating
+``draining``). A second signal stops waiting for the tasks in flight. A clean stop
+deregisters the agent; a failed one leaves it to go stale, then dead.
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ from fleet.app import App
 from fleet.errors import ConfigError, FleetError
 from fleet.kafka import KafkaClients
 from fleet.kafka.topics import apply_topics, desired_topics
+from fleet.messages import AgentStatus
 from fleet.metrics import serve_metrics
 from fleet.settings import Settings
 from fleet.topology import Topics, Topology
+from workers.identity import claim
+from workers.shell.heartbeat import AgentPresence
 from workers.shell.metrics import WorkerMetrics
 from workers.shell.worker import Worker
+from workers.stats import HandlerStats
 
 log = structlog.get_logger()
+
+AGENT_CARD_PATH = "/.well-known/agent-card.json"  # where A2A clients look for a card
 
 
 def ensure_topics(settings: Settings, admin: AdminClient, app: App) -> None:
@@ -37,6 +46,7 @@ def ensure_topics(settings: Settings, admin: AdminClient, app: App) -> None:
     # Results and dead letters too: a first produce would otherwise let the broker
     # auto-create them with its default partition count, breaking co-partitioning.
     ours = {topics.results, topics.dead_letters, topics.cancellations}
+    ours |= {topics.agent_registry, topics.agent_heartbeats}
     wanted = desired_topics(topology, topics, app.capabilities)
     apply_topics(
         admin,
@@ -54,9 +64,14 @@ def run(
     metrics_host: str = "127.0.0.1",
     grace_s: float = 30.0,
     worker_id: str | None = None,
+    agent_id: str | None = None,
+    agent_name: str = "worker",
     stop: threading.Event | None = None,
 ) -> int:
-    """Run a worker pool process for ``app`` until SIGTERM/SIGINT or ``stop``; the exit code."""
+    """Run a worker pool process for ``app`` until SIGTERM/SIGINT or ``stop``; the exit code.
+
+    ``agent_id`` names the agent; without it one is claimed from ``agent_name`` (or
+    FLEET_AGENT_NAME) and the host (:mod:`workers.identity`)."""
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
     stop = stop or threading.Event()
@@ -75,23 +90,47 @@ def run(
         clients = KafkaClients(settings, settings.require_bootstrap(), role="worker")
         admin = clients.ready_admin()
         ensure_topics(settings, admin, app)
+        identity = claim(agent_id, settings.agent_name or agent_name, settings.agent_state_dir)
         registry = CollectorRegistry()
-        serve_metrics(registry, metrics_port, metrics_host)
+        stats = HandlerStats(settings.stats_window_s)
         worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        running: list[Worker] = []  # the worker, once built: after the agent registered
+        presence = AgentPresence(
+            settings,
+            clients,
+            app,
+            agent_id=identity.agent_id,
+            worker_id=worker_id,
+            concurrency=concurrency,
+            stats=stats,
+            in_flight=lambda: running[0].in_flight if running else 0,
+            status=lambda: AgentStatus.DRAINING if stop.is_set() else AgentStatus.SERVING,
+        )
+        card = ("application/json", presence.card_json())
+        serve_metrics(registry, metrics_port, metrics_host, routes={AGENT_CARD_PATH: lambda: card})
+        # Registered before the Worker opens its clients: a registry the broker refuses
+        # ends the run with nothing else to close.
+        presence.start()
         worker = Worker(
             settings,
             app,
             clients,
-            WorkerMetrics(registry),
+            WorkerMetrics(registry, stats),
             concurrency=concurrency,
             grace_s=grace_s,
             worker_id=worker_id,
         )
+        running.append(worker)
+        clean = False
         try:
             worker.run(stop, force)
+            clean = True
         except FleetError as exc:
             log.error("worker stopping; uncommitted records will be redelivered", error=str(exc))
             return 1
+        finally:
+            presence.stop(clean=clean)
+            identity.release()
         log.info("worker stopped")
         return 0
     finally:
