@@ -64,14 +64,13 @@ def fleet_extension(capability: Capability, task_topic: str, place: AgentPlace) 
     return {
         "uri": FLEET_EXTENSION,
         "description": "Fleet capability: how the control plane routes tasks to this agent.",
-        "required": False,
-        "params": params,
+        "params": params,  # not "required": a client need not know it to call the agent
     }
 
 
 def skill(capability: Capability) -> dict[str, Any]:
     info = capability.info
-    return {
+    declared = {
         "id": capability.name,
         "name": capability.name,
         "description": info.description,
@@ -80,6 +79,8 @@ def skill(capability: Capability) -> dict[str, Any]:
         "inputModes": [JSON_MODE],
         "outputModes": [JSON_MODE],
     }
+    # As the protobuf JSON mapping writes it: an empty list is left out.
+    return {k: v for k, v in declared.items() if v != []}
 
 
 def agent_card(capabilities: Sequence[tuple[Capability, str]], place: AgentPlace) -> dict[str, Any]:
