@@ -19,21 +19,27 @@ import time
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from fleet.app import App
 from fleet.cards import AgentPlace, agent_card
 from fleet.codec import Codec, SchemaStore
 from fleet.errors import BrokerError
 from fleet.kafka import KafkaClients, produce
-from fleet.messages import AgentCard, AgentHeartbeat, AgentStatus, CapabilityVersion
+from fleet.messages import (
+    AgentCard,
+    AgentHeartbeat,
+    AgentStatus,
+    CapabilityVersion,
+    registry_key,
+)
 from fleet.settings import Settings
 from fleet.topology import Topics
 from workers.stats import HandlerStats
 
 log = structlog.get_logger()
 
-FLUSH_S = 10.0
+FLUSH_S = 5.0  # a clean stop's tombstones: as long as the worker's own last flush
 
 
 def _now_ms() -> int:
@@ -124,17 +130,22 @@ class AgentPresence:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Publish the cards (durably), then heartbeat until :meth:`stop`."""
+        """Publish the cards, then heartbeat until :meth:`stop`. Waits for the cards up to
+        the connect timeout; past it, or on an error, says so and goes on: a registry the
+        broker is slow to take must not keep a pool from its tasks (the cards stay queued)."""
         for card in self.cards():
             self._send(self.topics.agent_registry, card.key, self.codec.encode(card))
         self._send(self.topics.agent_heartbeats, self.agent_id, self.codec.encode(self.heartbeat()))
-        self._flush("publishing the agent's cards")
-        log.info(
-            "agent registered",
-            agent_id=self.agent_id,
-            capabilities=self.app.capabilities,
-            heartbeat_s=self.settings.heartbeat_s,
-        )
+        try:
+            self._flush("publishing the agent's cards", self.settings.connect_timeout_s)
+            log.info(
+                "agent registered",
+                agent_id=self.agent_id,
+                capabilities=self.app.capabilities,
+                heartbeat_s=self.settings.heartbeat_s,
+            )
+        except BrokerError as exc:
+            log.warning("agent not registered yet; serving anyway", error=str(exc))
         self._thread.start()
 
     def stop(self, *, clean: bool) -> None:
@@ -144,10 +155,10 @@ class AgentPresence:
             self._thread.join(timeout=self.settings.heartbeat_s + FLUSH_S)
         if clean:
             for name, _ in self._served():
-                self._send(self.topics.agent_registry, f"{self.agent_id}/{name}", None)
+                self._send(self.topics.agent_registry, registry_key(self.agent_id, name), None)
             self._send(self.topics.agent_heartbeats, self.agent_id, None)
             try:
-                self._flush("tombstoning the agent's cards")
+                self._flush("tombstoning the agent's cards", FLUSH_S)
                 log.info("agent deregistered", agent_id=self.agent_id)
             except BrokerError as exc:
                 log.warning("agent not deregistered; it will show as dead", error=str(exc))
@@ -160,7 +171,7 @@ class AgentPresence:
                 beat = self.heartbeat()
                 self._send(self.topics.agent_heartbeats, self.agent_id, self.codec.encode(beat))
                 self._producer.poll(0)
-            except (KafkaException, BufferError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a dead heartbeat thread fakes a dead agent
                 log.warning("heartbeat not sent; retrying next interval", error=str(exc))
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -179,7 +190,7 @@ class AgentPresence:
             self._failures += 1
             log.warning("agent record not delivered", error=str(err))
 
-    def _flush(self, doing: str) -> None:
+    def _flush(self, doing: str, timeout_s: float) -> None:
         failures = self._failures
-        if self._producer.flush(FLUSH_S) > 0 or self._failures > failures:
-            raise BrokerError(f"{doing} failed: the broker did not take them in {FLUSH_S:.0f} s")
+        if self._producer.flush(timeout_s) > 0 or self._failures > failures:
+            raise BrokerError(f"{doing} failed: the broker did not take them in {timeout_s:.0f} s")

@@ -108,8 +108,7 @@ def run(
         )
         card = ("application/json", presence.card_json())
         serve_metrics(registry, metrics_port, metrics_host, routes={AGENT_CARD_PATH: lambda: card})
-        # Registered before the Worker opens its clients: a registry the broker refuses
-        # ends the run with nothing else to close.
+        # Registered before the Worker consumes: an agent's cards are out before its tasks.
         presence.start()
         worker = Worker(
             settings,
