@@ -3,20 +3,25 @@
 Both topics are compacted and small (a record per agent and capability, a heartbeat per
 agent), so a reader takes every partition to its end, like a global table, and keeps the
 latest record per key; a tombstone deletes its key. That is all a restarted reader needs
-to rebuild :class:`~fleet.liveness.AgentView` (``fleet agents`` does it on every call; an
-orchestrator can do it at start and then follow the topic).
+to rebuild :class:`~fleet.liveness.AgentView` (``fleet agents`` does it on every call).
+A long-lived reader (an orchestrator routing to live agents) keeps one up to date with
+:class:`AgentFeed`: every partition from its start, then whatever arrives, without a
+consumer group (every reader needs every agent) and without waiting in ``poll``.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 import structlog
+from confluent_kafka import OFFSET_BEGINNING, KafkaError
 
 from fleet.codec import Codec, M, SchemaStore
 from fleet.errors import DecodeError
 from fleet.kafka.clients import KafkaClients
+from fleet.kafka.follow import TopicReader
 from fleet.kafka.readback import ReadBack, partitions_of
 from fleet.liveness import AgentView
 from fleet.messages import AgentCard, AgentHeartbeat
@@ -70,3 +75,48 @@ class AgentRegistry:
         """Every card in the registry (those ``keep`` accepts), by agent and capability."""
         cards = self._latest(self.topics.agent_registry, AgentCard, timeout_s)
         return sorted((c for c in cards if keep is None or keep(c)), key=lambda c: c.key)
+
+
+class AgentFeed:
+    """A live :class:`AgentView`: read the heartbeats topic from its start, then follow it.
+
+    ``poll`` applies what has arrived and returns at once; call it from a loop. The view
+    right after the first polls that reach the end equals :meth:`AgentRegistry.view`."""
+
+    BATCH = 500
+
+    def __init__(self, clients: KafkaClients) -> None:
+        settings = clients.settings
+        topics = Topics(settings.topic_prefix)
+        self.codec = Codec(SchemaStore(settings.schemas_dir))
+        self.topic = topics.agent_heartbeats
+        self.view = AgentView()
+        # A group id the client needs, never joined: assign() only, no commits.
+        group = f"{topics.prefix}agents.feed.{uuid.uuid4().hex}"
+        starts = dict.fromkeys(partitions_of(clients, self.topic), OFFSET_BEGINNING)
+        self.reader = TopicReader(
+            lambda: clients.consumer(group), clients.admin, self.topic, starts
+        )
+
+    def poll(self, timeout_s: float = 0) -> int:
+        """Apply the heartbeats and tombstones that arrived; how many records came."""
+        records = self.reader.consume(self.BATCH, timeout=timeout_s)
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("agent feed error; librdkafka retries", error=str(error))
+                continue
+            key = record.key()
+            if record.value() is None:
+                if key is not None:
+                    self.view.forget(key.decode(errors="replace"))
+                continue
+            try:
+                self.view.apply(self.codec.decode(record.value(), AgentHeartbeat, record=record))
+            except DecodeError as exc:
+                log.warning("undecodable heartbeat skipped", reason=exc.reason)
+        return len(records)
+
+    def close(self) -> None:
+        self.reader.close()

@@ -19,7 +19,7 @@ import pytest
 
 from fleet.codec import Codec, SchemaStore
 from fleet.kafka import KafkaClients, produce
-from fleet.kafka.registry import AgentRegistry
+from fleet.kafka.registry import AgentFeed, AgentRegistry
 from fleet.liveness import DEAD_AFTER, STALE_AFTER, AgentRow, Liveness
 from fleet.messages import TaskAssigned
 from fleet.settings import Settings
@@ -147,6 +147,7 @@ def send_tasks(f: Fleet, capability: str, n: int) -> None:
 
 
 def test_an_agent_appears_with_its_cards_and_a_clean_stop_tombstones_them(fleet: Fleet) -> None:
+    feed = AgentFeed(fleet.clients)  # a live view, as an orchestrator keeps one
     port = free_port()
     child = fleet.worker(
         "agent-a", "--agent-id", "agent-a", "--region", "eu-west-1", "--metrics-port", str(port)
@@ -162,6 +163,13 @@ def test_an_agent_appears_with_its_cards_and_a_clean_stop_tombstones_them(fleet:
     assert row["heartbeat_age_s"] < 3 * HEARTBEAT_S
     assert [r["agent_id"] for r in fleet.agents_json("--capability", "a.lookup")] == ["agent-a"]
     assert fleet.agents_json("--capability", "nobody") == []
+
+    def in_feed() -> list[str]:
+        feed.poll(0.1)
+        return [r.agent_id for r in feed.view.live(int(time.time() * 1000), "a.classify")]
+
+    fleet.wait(lambda: in_feed() == ["agent-a"], timeout_s=30)
+    assert [r.agent_id for r in feed.view.live(int(time.time() * 1000), "a.classify", "1.0")] == []
 
     # The whole agent's card on the metrics port, each capability's in the registry.
     url = f"http://127.0.0.1:{port}/.well-known/agent-card.json"
@@ -197,6 +205,8 @@ def test_an_agent_appears_with_its_cards_and_a_clean_stop_tombstones_them(fleet:
     assert fleet.registry.cards() == []
     assert fleet.agents_json() == []
     assert fleet.fleet("agents", "card", "a.classify").returncode == 1
+    fleet.wait(lambda: in_feed() == [] and len(feed.view) == 0, timeout_s=30)
+    feed.close()
 
 
 def test_a_killed_agent_goes_stale_then_dead_and_a_restart_is_the_same_agent(
