@@ -361,8 +361,8 @@ def _print_shapes(rows: dict[str, list[tuple[Sample, Sample]]]) -> None:
         "\nworkflow shapes, paced (ms): one step at the paced rate, ten steps in sequence "
         "at 10/s, a fan-out of 100 with fan-in at 2/s, each for 3 s"
     )
-    keys = ("paced_p50_ms", "paced_p99_ms", "seq10_p50_ms", "seq10_p99_ms")
-    keys += ("fan100_p50_ms", "fan100_p99_ms")
+    keys = ["paced_p50_ms", "paced_p99_ms", "seq10_p50_ms", "seq10_p99_ms"]
+    keys += ["fan100_p50_ms", "fan100_p99_ms"]
     heads = ("1 p50", "1 p99", "10 p50", "10 p99", "fan p50", "fan p99", "per step")
     print(f"{'guarantee, commit ms':22}" + "".join(f"{h:>10}" for h in heads))
     for name, samples in shaped.items():

@@ -38,10 +38,11 @@ SEQUENCE_10: JsonValue = {
     ],
 }
 # A hundred noop steps at once, then one that needs them all.
+_FANNED: list[JsonValue] = [{"id": f"f{i}", "capability": "noop"} for i in range(100)]
 FAN_OUT_100: JsonValue = {
     "name": "bench-fan-out",
     "steps": [
-        *({"id": f"f{i}", "capability": "noop"} for i in range(100)),
+        *_FANNED,
         {"id": "join", "capability": "noop", "needs": [f"f{i}" for i in range(100)]},
     ],
 }
