@@ -13,8 +13,9 @@ a long GC, a slow broker: route around it, keep its tasks), past 10 it is ``dead
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from fleet.messages import AgentHeartbeat, CapabilityVersion
@@ -73,6 +74,37 @@ class AgentRow:
             "error_rate": self.error_rate,
             "p95_ms": self.p95_ms,
         }
+
+
+def may_take_work(heartbeat: AgentHeartbeat, now_ms: int) -> bool:
+    """Whether routing may send new work to an agent: what "live" means for routing.
+
+    Not dead, and serving by its own last word. A *stale* agent (3 to 10 heartbeats
+    missed) still counts: silence that short is a GC pause, a CPU-starved host, a broker
+    leader moving; its consumer is still in its capability's group, and a task sent now
+    waits in the topic for whichever member reads it, so holding work back on every
+    hiccup would stall the fleet for nothing. A *dead* one (10 missed: 20 s at the
+    default 2 s) is gone, and work sent to it would sit out its timeout. An agent
+    *draining* (stopping: it finishes what it runs) or *paused* said it takes nothing
+    new. An agent that stopped cleanly tombstoned its heartbeat: it is not in the view.
+    """
+    state = liveness(max(0.0, (now_ms - heartbeat.at_ms) / 1000), heartbeat.heartbeat_s)
+    return state is not Liveness.DEAD and heartbeat.status == "serving"
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Which capabilities some agent may take work for now, and why not for the others."""
+
+    serving: frozenset[str]
+    refused: Mapping[str, str] = field(default_factory=dict)  # capability -> why no agent
+
+    def serves(self, capability: str) -> bool:
+        return capability in self.serving
+
+    def why_not(self, capability: str) -> str:
+        why = self.refused.get(capability, "none is registered")
+        return f"no live agent serves capability {capability!r} ({why})"
 
 
 def error_rate(heartbeat: AgentHeartbeat) -> float | None:
@@ -134,6 +166,26 @@ class AgentView:
         """Every agent (serving ``capability``, if given) at ``now_ms``, by agent id."""
         rows = [self.row(h, now_ms) for _, h in sorted(self._latest.items())]
         return [r for r in rows if capability is None or r.serves(capability)]
+
+    def routes(self, now_ms: int) -> Routes:
+        """The capabilities some agent may take work for at ``now_ms`` (see
+        :func:`may_take_work`), and for the others how their agents stand."""
+        serving: set[str] = set()
+        states: dict[str, Counter[str]] = {}
+        for heartbeat in self._latest.values():
+            takes = may_take_work(heartbeat, now_ms)
+            state = self.row(heartbeat, now_ms).status  # its own word while live
+            for served in heartbeat.capabilities:
+                if takes:
+                    serving.add(served.capability)
+                else:
+                    states.setdefault(served.capability, Counter())[state] += 1
+        refused = {
+            capability: ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            for capability, counts in states.items()
+            if capability not in serving
+        }
+        return Routes(frozenset(serving), refused)
 
     def live(self, now_ms: int, capability: str, version: str | None = None) -> list[AgentRow]:
         """The agents that may take ``capability`` (at ``version``) now: live and serving."""

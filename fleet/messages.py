@@ -116,6 +116,9 @@ class EventKind(StrEnum):
     # A task attempt was dispatched (appended last: Avro enums resolve by symbol, and a
     # reader older than it maps it to UNKNOWN, the enum's default).
     STEP_STARTED = "STEP_STARTED"
+    # A ready task is held back: no live agent serves its capability (``reason`` says
+    # which and until when); it is dispatched, with a STEP_STARTED, once one appears.
+    STEP_WAITING = "STEP_WAITING"
 
     @property
     def terminal(self) -> bool:
@@ -159,6 +162,8 @@ class WorkflowEvent(Message):
     attempt: int | None = None
     index: int | None = None
     worker_id: str | None = None
+    # STEP_WAITING: why the task is held back instead of dispatched, and until when.
+    reason: str | None = None
 
 
 class Header(BaseModel):

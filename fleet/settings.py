@@ -78,6 +78,10 @@ class Settings(BaseModel):
     agent_state_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "state" / "fleet" / "agents"
     )
+    # Route only to the living (orchestrator.waiting): a ready task whose capability no
+    # live agent serves waits in the orchestrator's state instead of its topic. False:
+    # every task is dispatched at once, agents or not (the behaviour before agents).
+    route_live_only: bool = True
 
     @model_validator(mode="after")
     def _commit_interval_fits_the_transaction(self) -> Settings:
@@ -114,6 +118,7 @@ class Settings(BaseModel):
             "FLEET_REGION": "region",
             "FLEET_AGENT_NAME": "agent_name",
             "FLEET_AGENT_STATE_DIR": "agent_state_dir",
+            "FLEET_ROUTE_LIVE_ONLY": "route_live_only",
         }
         for var, field in simple.items():
             if env.get(var):

@@ -32,7 +32,7 @@ from fleet.messages import (
     TaskStatus,
     WorkflowError,
 )
-from orchestrator import cancellation
+from orchestrator import cancellation, waiting
 from orchestrator.effects import FinishedTask, started_event
 from orchestrator.market.budget import Budget, Denied
 from orchestrator.market.policy import MarketPolicy, micro_to_credits
@@ -45,7 +45,10 @@ from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
 
 def launch(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun) -> None:
     """Dispatch ``run.attempt``, once it holds a lease on every pool its step needs, and
-    announce it with a STEP_STARTED event."""
+    announce it with a STEP_STARTED event. Unless no live agent would take it: then it
+    waits first (``orchestrator.waiting``), before it bids for anything."""
+    if not run.acquiring and waiting.hold(t, state, step, task_id, run):
+        return
     if step.resources:
         run.acquiring = True
         pool = next_pool(step, run)

@@ -11,12 +11,14 @@ Durability: ``take_changes`` hands the shell a record per changed workflow for i
 compacted changelog, and ``restore`` rebuilds a workflow from such a record, timers
 included, so timeouts, retries and deadlines survive a restart or a rebalance.
 
-This module is the facade and the lifecycle (submit, cancel, terminal events, timers
-firing); each concept an input leads to has its own module: ``admission`` (what the
+This module is the facade (submit, cancel, results, market answers, ticks, the agents'
+view); each concept an input leads to has its own module: ``admission`` (what the
 market policy allows, band and budget), ``decompose`` (starting steps as tasks),
 ``fanin`` (collecting them, the workflow output), ``retry`` (after a failed attempt),
-``acquire`` (the workflow side of the market) and ``store`` (memory and timers), the
-transitions sharing a :class:`~orchestrator.transition.Transition`.
+``acquire`` (the workflow side of the market), ``waiting`` (holding back what no live
+agent would take), ``lifecycle`` (timers firing, waiting tasks going on, a workflow
+failing) and ``store`` (memory and timers), the transitions sharing a
+:class:`~orchestrator.transition.Transition`.
 """
 
 from __future__ import annotations
@@ -36,17 +38,18 @@ from fleet.messages import (
     TaskStatus,
     WorkflowCancelRequested,
     WorkflowError,
-    WorkflowEvent,
     WorkflowSubmitted,
 )
 from orchestrator import acquire, admission, cancellation, decompose, fanin, retry
 from orchestrator.effects import Effects, FinishedTask, deadline_error, event, state_event
+from orchestrator.lifecycle import fail, fire, recheck
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.spec import parse_spec
 from orchestrator.state import FinishedWorkflow, StepRun, TaskRun, WorkflowState, task_id_for
 from orchestrator.store import WorkflowStore
-from orchestrator.timers import Timer, TimerKind
+from orchestrator.timers import Timer
 from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
+from orchestrator.waiting import EVERY_CAPABILITY, Agents
 
 __all__ = [
     "Effects",
@@ -74,12 +77,15 @@ class Engine:
         *,
         finished_retention_ms: int = 3_600_000,
         policy: MarketPolicy | None = None,
+        agents: Agents = EVERY_CAPABILITY,
     ) -> None:
         if finished_retention_ms < 0:
             raise ConfigError(f"finished_retention_ms must be >= 0, got {finished_retention_ms}")
         self._has_capability = has_capability
         self._store = WorkflowStore(finished_retention_ms)
         self._policy = policy or MarketPolicy.empty()
+        self._agents = agents
+        self._seen: int | None = None  # the agents' generation waiting tasks were checked at
 
     # -- queries ------------------------------------------------------------------------
 
@@ -111,8 +117,19 @@ class Engine:
         return self._store.timers.pending()
 
     def next_due_ms(self) -> int | None:
-        """When ``tick`` next has something to do (None: no timer pending)."""
-        return self._store.timers.next_due_ms()
+        """When ``tick`` next has something to do (None: nothing pending). Waiting tasks
+        are due again, from when they started waiting, once the agents changed."""
+        due = self._store.timers.next_due_ms()
+        if self._store.waiting_count and self._agents.generation != self._seen:
+            since = self._store.waiting_since_ms()
+            assert since is not None
+            due = since if due is None else min(due, since)
+        return due
+
+    @property
+    def waiting(self) -> int:
+        """Tasks held back for want of a live agent (``orchestrator.waiting``)."""
+        return self._store.waiting_count
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -176,7 +193,7 @@ class Engine:
                 raise WorkflowFailed(deadline_error(state))
             decompose.advance(t, state)
         except WorkflowFailed as failure:
-            _fail(t, state, failure.error)
+            fail(t, state, failure.error)
         return effects
 
     def on_result(self, result: TaskResult, now_ms: int) -> Effects:
@@ -200,12 +217,10 @@ class Engine:
         if run.succeeded:
             effects.dropped.append(f"{where}: duplicate of an accepted result")
             return effects
-        if run.retry_at_ms is not None:
-            # A duplicate of the failure, or a late answer after the attempt timed out.
-            effects.dropped.append(
-                f"{where}: stale, attempt {run.attempt} already ended; "
-                f"attempt {run.attempt + 1} is due at {run.retry_at_ms}"
-            )
+        if run.retry_at_ms is not None or run.waiting_since_ms is not None:
+            # A duplicate of the failure, or a late answer after the attempt timed out;
+            # or an attempt never sent (it waits for a live agent).
+            effects.dropped.append(f"{where}: {_not_awaited(run)}")
             return effects
         self._store.touch(workflow_id)
         self._store.attempt_ended(workflow_id, result.task_id)
@@ -223,7 +238,7 @@ class Engine:
                 failed = AttemptFailure(result.task_id, run, result.status, result.error)
                 retry.after_failure(t, state, failed)
         except WorkflowFailed as failure:
-            _fail(t, state, failure.error)
+            fail(t, state, failure.error)
         return effects
 
     def cancel(self, request: WorkflowCancelRequested, now_ms: int) -> Effects:
@@ -282,7 +297,7 @@ class Engine:
             if failed is not None:
                 retry.after_failure(t, state, failed)
         except WorkflowFailed as failure:
-            _fail(t, state, failure.error)
+            fail(t, state, failure.error)
         return effects
 
     def top_up(self, request: BudgetTopUpRequested, now_ms: int) -> Effects:
@@ -303,12 +318,31 @@ class Engine:
         """Fire every timer due at or before ``now_ms``, in (due, kind, workflow, task)
         order: record expiry, workflow deadlines, task timeouts, scheduled retries."""
         t = self._transition(now_ms, Effects())
+        if self._store.waiting_count and self._agents.generation != self._seen:
+            self._recheck(t)
         while (timer := self._store.pop_due(now_ms)) is not None:
-            _fire(t, timer)
+            fire(t, timer)
         return t.fx
 
+    def route_by(self, agents: Agents) -> None:
+        """Take the agents' view the shell keeps (``orchestrator.shell.agents``)."""
+        self._agents = agents
+        self._seen = None
+
+    def agents_changed(self, now_ms: int) -> Effects:
+        """Dispatch every waiting task a live agent serves now (``tick`` does it too,
+        whenever the agents' generation moved)."""
+        t = self._transition(now_ms, Effects())
+        self._recheck(t)
+        return t.fx
+
+    def _recheck(self, t: Transition) -> None:
+        # The generation first: the answers read after it are at least as new.
+        self._seen = self._agents.generation
+        recheck(t)
+
     def _transition(self, now_ms: int, effects: Effects) -> Transition:
-        return Transition(self._store, self._policy, now_ms, effects)
+        return Transition(self._store, self._policy, now_ms, effects, self._agents)
 
     # -- durability ---------------------------------------------------------------------
 
@@ -326,6 +360,7 @@ class Engine:
         memory holds for that workflow. An invalid record raises
         :class:`~fleet.errors.DecodeError` and changes nothing."""
         self._store.restore(workflow_id, record)
+        self._seen = None  # a restored waiting task may be served by now: check again
 
     def forget(self, keep: Callable[[str], bool]) -> None:
         """Drop every workflow, active or finished, for which ``keep`` is False, with its
@@ -333,42 +368,11 @@ class Engine:
         self._store.forget(keep)
 
 
-# -- lifecycle ----------------------------------------------------------------------------
-
-
-def _fire(t: Transition, timer: Timer) -> None:
-    workflow_id = timer.workflow_id
-    if timer.kind is TimerKind.EXPIRY:
-        t.store.expire(workflow_id)
-        return
-    # Timers live and die with their workflow's state, so both exist here.
-    state = t.store.get(workflow_id)
-    assert state is not None
-    t.store.touch(workflow_id)
-    try:
-        if timer.kind is TimerKind.DEADLINE:
-            raise WorkflowFailed(deadline_error(state))
-        if timer.kind is TimerKind.RETRY:
-            retry.due(t, state, timer.task_id)
-        else:
-            retry.timed_out(t, state, timer.task_id)
-    except WorkflowFailed as failure:
-        _fail(t, state, failure.error)
-
-
-def _fail(t: Transition, state: WorkflowState, error: WorkflowError) -> None:
-    """Emit the workflow's one FAILED event and finish it."""
-    # Tasks this workflow produced earlier in the same call would only do orphaned
-    # work, so they are withdrawn before the shell sees them.
-    unsent = {(task.task_id, task.attempt) for task in t.fx.tasks}
-    t.fx.tasks[:] = [task for task in t.fx.tasks if task.workflow_id != state.workflow_id]
-    t.fx.events[:] = [e for e in t.fx.events if not _started_of(e, state.workflow_id)]
-    cancellation.workflow_ended(t, state, CancelReason.WORKFLOW_FAILED, error.message, unsent)
-    acquire.abandon(t, state)
-    t.fx.events.append(state_event(state, EventKind.FAILED, t.now_ms, error=error))
-    t.store.finish(state.workflow_id, EventKind.FAILED, t.now_ms)
-
-
-def _started_of(event: WorkflowEvent, workflow_id: str) -> bool:
-    """A STEP_STARTED of ``workflow_id``: withdrawn with the task it announced."""
-    return event.kind is EventKind.STEP_STARTED and event.workflow_id == workflow_id
+def _not_awaited(run: TaskRun) -> str:
+    """Why a result of the task's current attempt is not awaited."""
+    if run.waiting_since_ms is not None:
+        return f"attempt {run.attempt} was never dispatched, it waits for a live agent"
+    return (
+        f"stale, attempt {run.attempt} already ended; "
+        f"attempt {run.attempt + 1} is due at {run.retry_at_ms}"
+    )

@@ -4,7 +4,8 @@ A record is the whole state of one workflow, keyed by its id in the changelog to
 
 - active: ``{"v": 1, "state": "active", "spec", "submitted_at_ms", "outputs",
   "running", "tasks"}`` (spec as its JSON document; each task with its attempt,
-  dispatch time, deadline and scheduled retry);
+  dispatch time, deadline, scheduled retry and, while it waits for a live agent, since
+  when);
 - finished: ``{"v": 1, "state": "finished", "kind", "at_ms"}``.
 
 Timers and the in-flight count are not stored: both follow from the state. ``decode``
@@ -77,6 +78,8 @@ def _task(run: TaskRun) -> dict[str, JsonValue]:
         task["bid"] = run.bid
     if run.leases:
         task["leases"] = {pool: lease.model_dump() for pool, lease in run.leases.items()}
+    if run.waiting_since_ms is not None:  # omitted otherwise: older records read the same
+        task["waiting_since_ms"] = run.waiting_since_ms
     return task
 
 
@@ -109,6 +112,7 @@ class _Task(_Record):
     acquiring: bool = False
     bid: str | None = None
     leases: dict[str, LeaseGrant] = {}
+    waiting_since_ms: int | None = None
 
 
 class _Step(_Record):
@@ -175,6 +179,7 @@ def decode(workflow_id: str, record: JsonValue) -> WorkflowState | FinishedWorkf
                 acquiring=task.acquiring,
                 bid=task.bid,
                 leases=dict(task.leases),
+                waiting_since_ms=task.waiting_since_ms,
             )
             for task_id, task in parsed.tasks.items()
         },
@@ -214,5 +219,11 @@ def _contradictions(state: WorkflowState) -> Iterator[str]:
         yield "a succeeded task with a retry scheduled"
     if any(run.acquiring and run.retry_at_ms is not None for run in state.tasks.values()):
         yield "a task both acquiring resources and backing off"
+    if any(
+        run.waiting_since_ms is not None
+        and (run.succeeded or run.acquiring or run.retry_at_ms is not None)
+        for run in state.tasks.values()
+    ):
+        yield "a task waiting for a live agent that is also done, acquiring or backing off"
     if state.budget is None and any(run.bid or run.leases for run in state.tasks.values()):
         yield "a task bidding or holding leases in a workflow without a budget"

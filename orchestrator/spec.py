@@ -44,6 +44,9 @@ NAME_MAX_LENGTH = 200
 # Deadlines are epoch milliseconds in an Avro long; a year is far beyond any agent task
 # and keeps ``now_ms + timeout_s * 1000`` an exact, bounded integer.
 TIMEOUT_MAX_S = 365 * 24 * 3600.0
+# How long a ready step waits for a live agent of its capability before it fails with
+# NoLiveAgent (orchestrator.waiting); the routing policy (issue 12 item 10) will set it.
+NO_AGENT_TIMEOUT_S = 300.0
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
 
@@ -107,6 +110,10 @@ class StepSpec(BaseModel):
     resources: dict[Name, Units] = {}
     # Credits per unit the step bids at most (None: its tenant's default_max_price).
     max_price: Price = None
+    # How long a ready task waits for a live agent of its capability (orchestrator.waiting).
+    no_agent_timeout_s: float = Field(
+        default=NO_AGENT_TIMEOUT_S, gt=0, le=TIMEOUT_MAX_S, allow_inf_nan=False
+    )
 
     def acquire_order(self) -> list[tuple[str, int]]:
         """``(pool, units)`` in the order the engine acquires them: by pool name.
@@ -121,7 +128,12 @@ class StepSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _document(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_defaults(self, handler, {"resources": {}, "max_price": None})
+        defaults: dict[str, Any] = {
+            "resources": {},
+            "max_price": None,
+            "no_agent_timeout_s": NO_AGENT_TIMEOUT_S,
+        }
+        return _without_defaults(self, handler, defaults)
 
     @field_validator("max_backoff_s")
     @classmethod

@@ -21,7 +21,9 @@ from orchestrator.spec import StepSpec, WorkflowSpec
 class TaskRun:
     """One task (one element of a started, unfinished step) and its latest attempt.
 
-    An unfinished task is in one of three states: *acquiring* (a step with resources:
+    An unfinished task is in one of four states: *waiting* (no live agent serves its
+    capability: ``attempt`` is held back since ``waiting_since_ms``, see
+    ``orchestrator.waiting``), *acquiring* (a step with resources:
     ``attempt`` waits for leases, one pool at a time; ``bid`` is the bid out now,
     ``leases`` what it holds), *in flight* (``attempt`` was dispatched, with its
     ``leases``, and has no accepted result yet; ``deadline_ms`` is when it times out) or
@@ -40,10 +42,16 @@ class TaskRun:
     acquiring: bool = False
     bid: str | None = None  # the bid id (also the hold id) waiting at an auctioneer
     leases: dict[str, LeaseGrant] = field(default_factory=dict)  # pool -> lease held
+    waiting_since_ms: int | None = None  # held back for want of a live agent, since
 
     @property
     def in_flight(self) -> bool:
-        return not self.succeeded and self.retry_at_ms is None and not self.acquiring
+        return (
+            not self.succeeded
+            and self.retry_at_ms is None
+            and not self.acquiring
+            and self.waiting_since_ms is None
+        )
 
 
 @dataclass

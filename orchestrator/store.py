@@ -28,6 +28,8 @@ class WorkflowStore:
         self._finished: dict[str, FinishedWorkflow] = {}
         self._timers = Timers()
         self._changed: dict[str, None] = {}  # an ordered set: records come out in order
+        # Tasks held back for want of a live agent: (workflow, task) -> (since, capability).
+        self._waiting: dict[tuple[str, str], tuple[int, str]] = {}
 
     # -- queries ------------------------------------------------------------------------
 
@@ -47,6 +49,19 @@ class WorkflowStore:
     def timers(self) -> Timers:
         """Read-only use: every change goes through the store's methods."""
         return self._timers
+
+    def waiting(self) -> list[tuple[str, str, str]]:
+        """``(workflow_id, task_id, capability)`` of every waiting task, longest first."""
+        ordered = sorted((since, key, cap) for key, (since, cap) in self._waiting.items())
+        return [(workflow_id, task_id, cap) for _, (workflow_id, task_id), cap in ordered]
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def waiting_since_ms(self) -> int | None:
+        """When the longest-waiting task started waiting (None: none waits)."""
+        return min((since for since, _ in self._waiting.values()), default=None)
 
     def get(self, workflow_id: str) -> WorkflowState | None:
         return self._workflows.get(workflow_id)
@@ -75,8 +90,36 @@ class WorkflowStore:
         run.dispatched_at_ms = now_ms
         run.deadline_ms = now_ms + duration_ms(step.timeout_s)
         run.retry_at_ms = None
+        self.stop_waiting(state.workflow_id, task_id, run)
         self._timers.set(Timer(run.deadline_ms, TimerKind.TIMEOUT, state.workflow_id, task_id))
         return assign(state.workflow_id, step, task_id, run)
+
+    def wait(self, state: WorkflowState, task_id: str, run: TaskRun, now_ms: int) -> bool:
+        """Hold ``run.attempt`` back until a live agent serves its step, at most the step's
+        ``no_agent_timeout_s`` (its NO_AGENT timer). False if it was waiting already."""
+        if run.waiting_since_ms is not None:
+            return False
+        run.waiting_since_ms = now_ms
+        self._arm_wait(state, task_id, run)
+        return True
+
+    def stop_waiting(self, workflow_id: str, task_id: str, run: TaskRun) -> None:
+        """The task goes on (dispatched, or to the market): no longer waiting."""
+        if run.waiting_since_ms is None:
+            return
+        run.waiting_since_ms = None
+        self._waiting.pop((workflow_id, task_id), None)
+        timer = self._timers.get(workflow_id, task_id)
+        if timer is not None and timer.kind is TimerKind.NO_AGENT:
+            self._timers.cancel(workflow_id, task_id)
+
+    def _arm_wait(self, state: WorkflowState, task_id: str, run: TaskRun) -> None:
+        assert run.waiting_since_ms is not None
+        workflow_id = state.workflow_id
+        step = state.spec.step(run.step_id)
+        due = run.waiting_since_ms + duration_ms(step.no_agent_timeout_s)
+        self._timers.set(Timer(due, TimerKind.NO_AGENT, workflow_id, task_id))
+        self._waiting[(workflow_id, task_id)] = (run.waiting_since_ms, step.capability)
 
     def attempt_ended(self, workflow_id: str, task_id: str) -> None:
         """The in-flight attempt of a task got its result: disarm its timeout."""
@@ -131,7 +174,9 @@ class WorkflowStore:
         if (deadline := loaded.deadline_ms) is not None:
             self._timers.set(Timer(deadline, TimerKind.DEADLINE, workflow_id, WORKFLOW))
         for task_id, run in loaded.tasks.items():
-            if run.retry_at_ms is not None:
+            if run.waiting_since_ms is not None:
+                self._arm_wait(loaded, task_id, run)
+            elif run.retry_at_ms is not None:
                 self._timers.set(Timer(run.retry_at_ms, TimerKind.RETRY, workflow_id, task_id))
             elif run.in_flight:  # acquiring tasks have no timeout until they are dispatched
                 self._timers.set(Timer(run.deadline_ms, TimerKind.TIMEOUT, workflow_id, task_id))
@@ -147,6 +192,7 @@ class WorkflowStore:
         if state is not None:
             for task_id in state.tasks:
                 self._timers.cancel(workflow_id, task_id)
+                self._waiting.pop((workflow_id, task_id), None)
         self._finished.pop(workflow_id, None)
         self._timers.cancel(workflow_id, WORKFLOW)
         self._changed.pop(workflow_id, None)

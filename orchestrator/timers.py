@@ -1,7 +1,8 @@
 """Timers: what is due when, derived from durable state and never from a sleeping thread.
 
 The engine keeps at most one pending timer per ``(workflow_id, task_id)``: a task is
-either in flight (its TIMEOUT) or backing off (its RETRY), and a workflow either runs
+either in flight (its TIMEOUT), backing off (its RETRY) or waiting for a live agent (its
+NO_AGENT), and a workflow either runs
 (its DEADLINE) or is finished (its record's EXPIRY). Every timer can be recomputed from
 the workflow's state, so a restored engine has exactly the timers the lost one had.
 """
@@ -22,6 +23,7 @@ class TimerKind(IntEnum):
     DEADLINE = 1  # a workflow ran past its deadline_s
     TIMEOUT = 2  # a dispatched attempt has no result by its deadline_ms
     RETRY = 3  # a failed attempt's backoff (orchestrator.retry) is over: dispatch the next
+    NO_AGENT = 4  # a task waited no_agent_timeout_s for a live agent (orchestrator.waiting)
 
 
 class Timer(NamedTuple):

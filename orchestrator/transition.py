@@ -3,20 +3,24 @@
 The engine handles each input (a submission, a result, a market outcome, a due timer)
 with plain functions spread over the modules of their concept: ``decompose`` starts
 steps, ``fanin`` collects them, ``retry`` decides about a failed attempt, ``acquire``
-deals with the market. Each takes the :class:`Transition` of the input it serves: the
-engine's memory and market policy, the input's time and the effects being built.
+deals with the market, ``waiting`` holds back what no live agent would take. Each takes
+the :class:`Transition` of the input it serves: the engine's memory, market policy and
+view of the agents, the input's time and the effects being built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fleet.messages import TaskError, TaskStatus, WorkflowError
 from orchestrator.effects import Effects
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.state import TaskRun
 from orchestrator.store import WorkflowStore
+
+if TYPE_CHECKING:
+    from orchestrator.waiting import Agents
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Transition:
     policy: MarketPolicy
     now_ms: int
     fx: Effects
+    agents: Agents  # who may take a task now (orchestrator.waiting)
 
 
 class AttemptFailure(NamedTuple):

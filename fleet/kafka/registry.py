@@ -16,7 +16,13 @@ import uuid
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, KafkaError
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from fleet.codec import Codec, M, SchemaStore
 from fleet.errors import DecodeError
@@ -93,10 +99,39 @@ class AgentFeed:
         self.view = AgentView()
         # A group id the client needs, never joined: assign() only, no commits.
         group = f"{topics.prefix}agents.feed.{uuid.uuid4().hex}"
+        self._open: Callable[[], Consumer] = lambda: clients.consumer(group)
         starts = dict.fromkeys(partitions_of(clients, self.topic), OFFSET_BEGINNING)
-        self.reader = TopicReader(
-            lambda: clients.consumer(group), clients.admin, self.topic, starts
+        self.reader = TopicReader(self._open, clients.admin, self.topic, starts)
+        self._ends: dict[int, int] | None = None  # each partition's end when first asked
+        self._caught_up = False
+
+    def caught_up(self) -> bool:
+        """Whether the view holds everything the topic held when first asked (then stays
+        true): before that, an agent missing from the view may just not be read yet."""
+        if self._caught_up:
+            return True
+        if self._ends is None:
+            self._ends = self._end_offsets()
+            if self._ends is None:
+                return False
+        self._caught_up = all(
+            end <= 0 or self.reader.position(p) >= end for p, end in self._ends.items()
         )
+        return self._caught_up
+
+    def _end_offsets(self) -> dict[int, int] | None:
+        consumer = self._open()
+        try:
+            ends = {}
+            for p in self.reader.positions():
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)
+                ends[p] = high if high > low else 0  # an empty partition has nothing to read
+            return ends
+        except KafkaException as exc:
+            log.warning("agent feed: end offsets unknown yet", error=str(exc))
+            return None
+        finally:
+            consumer.close()
 
     def poll(self, timeout_s: float = 0) -> int:
         """Apply the heartbeats and tombstones that arrived; how many records came."""

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from confluent_kafka import KafkaException
 from rich.text import Text
 
-from fleet.errors import SpecError
+from fleet.errors import FleetError, SpecError
 from fleet.kafka.client import FleetClient
+from fleet.kafka.registry import AgentRegistry
 from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
 from fleetctl.commands import EXIT_FAILED, EXIT_OK
@@ -27,7 +29,7 @@ from fleetctl.console import KIND_STYLES, echo, format_duration
 from fleetctl.dlq import iso_ms
 from fleetctl.workflow_status import Status, status_of
 from orchestrator.market.policy import micro_to_credits
-from orchestrator.spec import parse_spec
+from orchestrator.spec import WorkflowSpec, parse_spec
 from orchestrator.specfile import load_spec_file
 
 OUTPUT_SHOWN = 200  # characters of a workflow's output on a tail line; --json has it all
@@ -84,11 +86,12 @@ def submit(
     parse_spec(doc)  # the document itself first: a bad file needs no broker to be refused
     with closing(FleetClient(connected(settings), role="submit")) as client:
         try:
-            parse_spec(doc, has_capability=client.has_capability)  # nothing sent if invalid
+            spec = parse_spec(doc, has_capability=client.has_capability)  # nothing sent if invalid
         except SpecError as exc:
             if any(why.endswith("has no task topic") for _, why in exc.problems):
                 print(NO_TASK_TOPIC, file=sys.stderr)
             raise
+        _warn_unserved(client, spec)
         if not wait:
             print(client.submit(doc, workflow_id))  # type: ignore[arg-type]
             return EXIT_OK
@@ -156,6 +159,30 @@ NO_TASK_TOPIC = (
     "fleet: a capability's task topic is created by the first `fleet worker` that registers "
     "it (or by `fleet topics apply` from topics.yaml); is that worker started yet?"
 )
+
+# How long `fleet submit` reads the agents' heartbeats for its no-live-agent warning.
+AGENTS_READ_S = 5.0
+
+
+def _warn_unserved(client: FleetClient, spec: WorkflowSpec) -> None:
+    """Warn on stderr for each capability of the workflow no live agent serves now: its
+    steps will wait (orchestrator.waiting) for one, up to their no_agent_timeout_s. A new
+    user's workflow for a capability nobody served once waited silently. Advice only:
+    a broker slow to answer the read sends the workflow without it."""
+    try:
+        with closing(AgentRegistry(client.clients, strict=False)) as registry:
+            routes = registry.view(AGENTS_READ_S).routes(int(time.time() * 1000))
+    except (FleetError, KafkaException):
+        return
+    for capability in sorted({step.capability for step in spec.steps}):
+        if not routes.serves(capability):
+            longest = max(s.no_agent_timeout_s for s in spec.steps if s.capability == capability)
+            print(
+                f"fleet: warning: {routes.why_not(capability)} right now; its steps wait up "
+                f"to {longest:g} s for one (start one: fleet worker --app MODULE)",
+                file=sys.stderr,
+            )
+
 
 # How far before "now" a --wait starts reading its workflow's partition: its events carry
 # the orchestrator's clock, which may run behind this machine's.
@@ -290,6 +317,8 @@ def describe(event: WorkflowEvent) -> str:
         if len(output) > OUTPUT_SHOWN:
             output = output[: OUTPUT_SHOWN - 1] + "… (--json: all of it)"
         parts.append(f"output {output}")
+    if event.reason:  # STEP_WAITING: why the step is held back
+        parts.append(f"waiting: {event.reason}")
     if event.error is not None:
         where = f" at step {event.error.step_id}" if event.error.step_id else ""
         attempt = f" (attempt {event.error.attempt})" if event.error.attempt else ""

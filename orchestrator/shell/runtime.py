@@ -16,6 +16,7 @@ from fleet.metrics import serve_metrics
 from fleet.settings import Settings
 from fleet.topology import Topics, Topology
 from orchestrator.market.policy import MarketPolicy
+from orchestrator.shell.agents import LiveAgents
 from orchestrator.shell.loop import Orchestrator
 from orchestrator.shell.metrics import OrchestratorMetrics
 
@@ -48,10 +49,19 @@ def run(
     orchestrator = Orchestrator(
         settings, clients, OrchestratorMetrics(registry), batch_size, policy=policy
     )
+    agents = LiveAgents.of(clients) if settings.route_live_only else None
+    if agents is not None:
+        # The engine asks the view, and looks at its waiting tasks again whenever the
+        # view's generation moves (it reports them due), so the loop needs no hook.
+        orchestrator.engine.route_by(agents)
+        agents.start()
     try:
         orchestrator.run(stop)
     except FleetError as exc:
         log.error("orchestrator stopping", error=str(exc))
         return 1
+    finally:
+        if agents is not None:
+            agents.stop()
     log.info("orchestrator stopped")
     return 0

@@ -297,3 +297,24 @@ def test_a_reader_of_the_previous_event_schema_sees_step_started_as_unknown() ->
     assert isinstance(old, dict)
     assert (old["kind"], old["step_id"]) == ("UNKNOWN", "s")
     assert CODEC.decode(CODEC.encode(event), WorkflowEvent) == event
+
+
+def test_a_reader_of_the_previous_event_schema_sees_step_waiting_as_unknown() -> None:
+    """STEP_WAITING and its reason (v5): a v4 consumer reads UNKNOWN and skips the field."""
+    event = WorkflowEvent(
+        workflow_id="w",
+        kind=EventKind.STEP_WAITING,
+        step_id="s",
+        task_id="w/s/0",
+        attempt=1,
+        reason="no live agent serves capability 'x' (none is registered)",
+        at_ms=1,
+    )
+    current = STORE.schema_for("io.fleet.WorkflowEvent")
+    [v4] = [s for s in STORE.previous if s.name == current.name and s.version == 4]
+    old = fastavro.schemaless_reader(
+        io.BytesIO(CODEC.encode(event)[10:]), current.parsed, v4.parsed
+    )
+    assert isinstance(old, dict)
+    assert (old["kind"], old["task_id"], "reason" in old) == ("UNKNOWN", "w/s/0", False)
+    assert CODEC.decode(CODEC.encode(event), WorkflowEvent) == event

@@ -32,6 +32,7 @@ from fleet.messages import (
 from orchestrator.engine import Effects, Engine
 from orchestrator.timers import Timer, TimerKind
 from tests.unit.orchestrator.test_engine import failure, result
+from tests.unit.orchestrator.test_waiting import FakeAgents
 
 pytestmark = pytest.mark.unit
 
@@ -53,6 +54,7 @@ def workflow_docs(draw: st.DrawFn) -> dict[str, Any]:
             "timeout_s": draw(st.sampled_from([0.5, 1.0, 3.0])),
             "backoff_s": draw(st.sampled_from([0.0, 0.2, 1.0])),
             "max_backoff_s": 1.5,
+            "no_agent_timeout_s": draw(st.sampled_from([1.0, 4.0])),
             "input": {"deps": [f"$.steps.{n}.output" for n in needs]},
         }
         fan_out = draw(st.none() | st.integers(0, 3))
@@ -73,8 +75,10 @@ def workflow_docs(draw: st.DrawFn) -> dict[str, Any]:
     return spec
 
 
-def new_engine() -> Engine:
-    return Engine(has_capability=lambda cap: True, finished_retention_ms=RETENTION_MS)
+def new_engine(agents: FakeAgents) -> Engine:
+    return Engine(
+        has_capability=lambda cap: True, finished_retention_ms=RETENTION_MS, agents=agents
+    )
 
 
 def expected_timers(engine: Engine, ids: list[str]) -> list[Timer]:
@@ -91,7 +95,11 @@ def expected_timers(engine: Engine, ids: list[str]) -> list[Timer]:
         if state.deadline_ms is not None:
             timers.append(Timer(state.deadline_ms, TimerKind.DEADLINE, workflow_id, ""))
         for task_id, run in state.tasks.items():
-            if run.retry_at_ms is not None:
+            if run.waiting_since_ms is not None:
+                step = state.spec.step(run.step_id)
+                due = run.waiting_since_ms + round(step.no_agent_timeout_s * 1000)
+                timers.append(Timer(due, TimerKind.NO_AGENT, workflow_id, task_id))
+            elif run.retry_at_ms is not None:
                 timers.append(Timer(run.retry_at_ms, TimerKind.RETRY, workflow_id, task_id))
             elif not run.succeeded:
                 timers.append(Timer(run.deadline_ms, TimerKind.TIMEOUT, workflow_id, task_id))
@@ -103,7 +111,8 @@ class World:
     """The primary engine, its shadow, the changelog and what the outside world saw."""
 
     ids: list[str]
-    primary: Engine = field(default_factory=new_engine)
+    agents: FakeAgents = field(default_factory=lambda: FakeAgents("work"))
+    primary: Engine = field(init=False)
     shadow: Engine | None = None
     changelog: dict[str, JsonValue] = field(default_factory=dict)
     pending: list[TaskAssigned] = field(default_factory=list)
@@ -114,6 +123,9 @@ class World:
     outcomes: Counter[EventKind] = field(default_factory=Counter)
     dispatched: Counter[tuple[str, int, str, int]] = field(default_factory=Counter)
     takeovers: int = 0
+
+    def __post_init__(self) -> None:
+        self.primary = new_engine(self.agents)
 
     def apply(self, call: str, *args: Any) -> Effects:
         fx: Effects = getattr(self.primary, call)(*args)
@@ -183,7 +195,7 @@ class World:
                 self.changelog.pop(workflow_id, None)
             else:
                 self.changelog[workflow_id] = json.loads(json.dumps(record))  # as stored
-        fresh = new_engine()
+        fresh = new_engine(self.agents)
         for workflow_id, record in self.changelog.items():
             fresh.restore(workflow_id, record)
         for workflow_id in self.ids:
@@ -208,7 +220,10 @@ def answer(task: TaskAssigned, outcome: int) -> TaskResult:
     return result(task, {"task": task.task_id})
 
 
-ACTIONS = ["result"] * 5 + ["duplicate", "advance", "advance", "tick", "cancel", "resubmit"]
+ACTIONS = [
+    *["result"] * 5,
+    *["duplicate", "advance", "advance", "tick", "cancel", "resubmit", "agents"],
+]
 
 
 @settings(max_examples=150, deadline=None)
@@ -252,8 +267,16 @@ def test_a_restored_engine_continues_identically_and_nothing_runs_twice(
             world.apply("cancel", request, now)
         elif action == "resubmit":
             submit(data.draw(st.sampled_from(list(by_id)), label="resubmit"))
+        elif action == "agents":
+            # The work's agents come or go; waiting tasks go on at the next tick.
+            if world.agents.served:
+                world.agents.leave("work")
+            else:
+                world.agents.serve("work")
 
     # Drain: every latest attempt succeeds; time runs past every timer and retention.
+    if not world.agents.served:
+        world.agents.serve("work")
     for _ in range(100):
         if not world.open and not world.pending:
             break
