@@ -77,6 +77,12 @@ def run_transactions(
     rows: dict[str, list[tuple[Sample, Sample]]] = {"raw relay": []}
     rows |= {name: [] for name, _ in FLOOR_ROWS}
     rows |= {f"{guarantee} {interval_ms}": [] for guarantee, interval_ms in configs}
+    # Thrown away: a broker just started took 10 ms (p50) per one-record transaction
+    # over its first 200 and 4 ms only after about 1,000 (JIT warm-up). The floor's
+    # paced run is about 1,000 transactions; the burst warms the rest.
+    print("transactions: warming the broker up", flush=True)
+    paced_floor_latency(settings, *paced_load, transactional=True)
+    run_baseline(settings, count, work)
     for rep in range(reps):
         print(f"transactions: run {rep + 1} of {reps}", flush=True)
         relay_row = run_baseline(settings, count, work) | paced_relay_latency(settings, *paced_load)
