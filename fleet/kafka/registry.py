@@ -134,8 +134,13 @@ class AgentFeed:
             consumer.close()
 
     def poll(self, timeout_s: float = 0) -> int:
-        """Apply the heartbeats and tombstones that arrived; how many records came."""
-        records = self.reader.consume(self.BATCH, timeout=timeout_s)
+        """Apply the heartbeats and tombstones that arrived (waiting up to ``timeout_s`` for
+        the first); how many records came."""
+        # consume(BATCH, timeout) would hold a part-filled batch for its whole timeout:
+        # wait for one record only, then take what is already fetched.
+        records = self.reader.consume(1, timeout=timeout_s)
+        if records:
+            records += self.reader.consume(self.BATCH - 1, timeout=0)
         for record in records:
             error = record.error()
             if error is not None:
