@@ -67,6 +67,13 @@ class Settings(BaseModel):
     # How long the orchestrator keeps one transaction (or one offset commit) open across
     # consumed batches; 0 commits after every batch (like Kafka Streams' commit.interval.ms).
     orchestrator_commit_interval_ms: int = Field(default=0, ge=0)
+    # A stable name for this orchestrator instance (a StatefulSet pod name, a supervisor's
+    # slot), unique among the running instances. Its transactional id and its static group
+    # membership (group.instance.id) are derived from it, so a replacement started under
+    # the same name aborts the dead instance's open transaction at once and takes back its
+    # partitions without a rebalance. None: a fresh random id each start (the dead
+    # instance's transaction then waits out transaction.timeout.ms).
+    orchestrator_instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     # Agents (fleet.cards, fleet.liveness): how often a worker heartbeats (readers call
     # it stale after 3 missed, dead after 10), the window of the latency and error figures
     # it reports, its region, and the name its agent id is made of (else the app's module).
@@ -113,6 +120,7 @@ class Settings(BaseModel):
             "FLEET_CONNECT_TIMEOUT": "connect_timeout_s",
             "FLEET_ORCHESTRATOR_GUARANTEE": "orchestrator_guarantee",
             "FLEET_ORCHESTRATOR_COMMIT_INTERVAL_MS": "orchestrator_commit_interval_ms",
+            "FLEET_ORCHESTRATOR_INSTANCE_ID": "orchestrator_instance_id",
             "FLEET_HEARTBEAT_S": "heartbeat_s",
             "FLEET_STATS_WINDOW_S": "stats_window_s",
             "FLEET_REGION": "region",
@@ -136,6 +144,13 @@ class Settings(BaseModel):
             )
         return settings
 
+    def orchestrator_member(self) -> str | None:
+        """The group.instance.id and transactional id stem of this orchestrator instance
+        (None: it has no stable name)."""
+        if self.orchestrator_instance_id is None:
+            return None
+        return f"{self.topic_prefix}orchestrator-{self.orchestrator_instance_id}"
+
     def require_bootstrap(self) -> str:
         """The broker to connect to. Resolved once at the entry point (the `fleet` command
         finds a running local broker there); a process never looks for one itself."""
@@ -150,12 +165,16 @@ class Settings(BaseModel):
         return self.model_copy(update={"bootstrap_servers": bootstrap_servers})
 
     def with_orchestrator(
-        self, guarantee: str | None = None, commit_interval_ms: int | None = None
+        self,
+        guarantee: str | None = None,
+        commit_interval_ms: int | None = None,
+        instance_id: str | None = None,
     ) -> Settings:
         """These settings with ``fleet orchestrator``'s flags applied (None: not given)."""
         flags = {
             "orchestrator_guarantee": ("--guarantee", guarantee),
             "orchestrator_commit_interval_ms": ("--commit-interval-ms", commit_interval_ms),
+            "orchestrator_instance_id": ("--instance-id", instance_id),
         }
         values = self.model_dump()
         values.update({field: value for field, (_, value) in flags.items() if value is not None})

@@ -147,12 +147,18 @@ class KafkaClients:
             }
         )
 
-    def co_partitioned_consumer(self, group_id: str) -> Consumer:
-        """A group member that owns the same partition numbers of every topic it reads."""
+    def co_partitioned_consumer(self, group_id: str, instance_id: str | None = None) -> Consumer:
+        """A group member that owns the same partition numbers of every topic it reads;
+        with ``instance_id``, a static member (KIP-345): its replacement under the same id
+        gets its partitions back without a rebalance, and the group waits for it up to
+        the session timeout instead of moving them at once."""
         # Range gives a member the same partition numbers of every co-partitioned topic
         # (cooperative-sticky does not), so requests[p], results[p] and state[p] always
         # have one owner.
-        return self.consumer(group_id, **{"partition.assignment.strategy": "range"})
+        config: dict[str, str | int | bool] = {"partition.assignment.strategy": "range"}
+        if instance_id is not None:
+            config["group.instance.id"] = instance_id
+        return self.consumer(group_id, **config)
 
     def task_consumer(self, group_id: str) -> Consumer:
         """A worker pool member with a small local fetch queue: with a backlog, librdkafka

@@ -35,6 +35,13 @@ from workers.shell.runtime import run as run_worker
     help="keep a transaction open across batches this long, 0 for a commit per batch "
     "(default: FLEET_ORCHESTRATOR_COMMIT_INTERVAL_MS, else 0)",
 )
+@click.option(
+    "--instance-id",
+    metavar="NAME",
+    help="a stable name, unique among running instances (a StatefulSet pod name): its "
+    "replacement under the same name takes over at once instead of after a minute "
+    "(default: FLEET_ORCHESTRATOR_INSTANCE_ID, else a fresh random id)",
+)
 @metrics_options
 @with_broker
 def orchestrator(
@@ -42,11 +49,12 @@ def orchestrator(
     *,
     guarantee: str | None,
     commit_interval_ms: int | None,
+    instance_id: str | None,
     metrics_port: int | None,
     metrics_host: str,
 ) -> int:
     return run_orchestrator(
-        settings.with_orchestrator(guarantee, commit_interval_ms),
+        settings.with_orchestrator(guarantee, commit_interval_ms, instance_id),
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )

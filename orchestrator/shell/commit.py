@@ -78,8 +78,14 @@ class ExactlyOnce:
     def __init__(self, settings: Settings, clients: KafkaClients, consumer: Consumer) -> None:
         self.consumer = consumer
         # No delivery callbacks: commit_transaction fails if any record failed.
+        # A stable instance's replacement fences its predecessor here, at
+        # init_transactions: the coordinator aborts the dead instance's open transaction
+        # at once. A random id leaves it open until transaction.timeout.ms. Zombies are
+        # fenced either way: by the producer epoch, and by the group generation that
+        # send_offsets_to_transaction carries (KIP-447).
+        member = settings.orchestrator_member()
         self.producer = clients.transactional_producer(
-            f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}"
+            member or f"{settings.topic_prefix}orchestrator-{uuid.uuid4().hex}"
         )
         self.stop = threading.Event()  # the run's, once it runs
 

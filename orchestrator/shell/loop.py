@@ -60,7 +60,7 @@ class Orchestrator:
         self.commit_interval_s = settings.orchestrator_commit_interval_ms / 1000
         self.admin = clients.admin()
         self.consumer: Consumer = clients.co_partitioned_consumer(
-            f"{settings.topic_prefix}orchestrator"
+            f"{settings.topic_prefix}orchestrator", settings.orchestrator_member()
         )
         # Chosen once: every output of this instance goes through its producer.
         self.committer = committer_for(settings, clients, self.consumer)

@@ -34,6 +34,11 @@ class FaultConfig:
     # The product passes any FLEET_KAFKA_CLIENT_* variable to librdkafka, so the session
     # timeout can be lowered; None keeps the product default (45 s) and pauses 50 s.
     session_timeout_ms: int | None = 6000
+    # Orchestrators run with --instance-id <slot name>: a restarted slot fences its dead
+    # predecessor's transaction at once and rejoins as the same static group member. Off,
+    # each start gets a random transactional id (the default for a plain `fleet
+    # orchestrator`): the cluster run keeps that path covered.
+    stable_instance_ids: bool = True
     pause_s: float | None = None  # default: past the session timeout with a margin
     broker_down_s: float = 2.0
     node_down_s: float = 5.0
@@ -83,6 +88,7 @@ class FaultConfig:
             "brokers": 3,
             "broker_kills": 1,
             "broker_restarts": 0,
+            "stable_instance_ids": False,
             "orchestrator_kills": 2,
             "worker_kills": 2,
             "wait_s": 180.0,

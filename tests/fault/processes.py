@@ -54,7 +54,8 @@ class Processes:
 
     def _args(self, slot: Slot) -> list[str]:
         if slot.role == "orchestrator":
-            return ["orchestrator"]
+            stable = ["--instance-id", slot.name] if self.config.stable_instance_ids else []
+            return ["orchestrator", *stable]
         return ["worker", "--app", WORKER_APP, "--concurrency", str(self.config.concurrency)]
 
     def _env(self) -> dict[str, str]:

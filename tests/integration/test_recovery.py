@@ -129,3 +129,34 @@ def test_a_paused_zombie_is_fenced_and_writes_nothing(
     events = terminal_events(client, ids, 120)
     assert healthy.alive(), healthy.log_tail()
     assert_exactly_once(events, ids, 5)
+
+
+def test_a_replacement_under_the_same_instance_id_takes_over_at_once(
+    env: tuple[Settings, Supervisor, FleetClient],
+) -> None:
+    """``--instance-id``: the replacement of a kill -9'd instance fences it at
+    init_transactions (its open transaction aborted at once) and rejoins as the same
+    static group member (its partitions back without waiting for the session to expire).
+
+    Without the stable name, the next owner waits out the session (45 s by default,
+    kept here) and then the open transaction (transaction.timeout.ms, 60 s): over a
+    minute. The bound below is far under that and far over a normal restart, so it
+    tells the two mechanisms apart; the recovery benchmark measures the handover.
+    """
+    settings, supervisor, client = env
+    # A transaction open across 2 s of batches: a kill lands inside one.
+    args = ["orchestrator", "--instance-id", "o-1", "--commit-interval-ms", "2000"]
+    first = supervisor.start("orchestrator-1", args)
+    ids = {client.submit(chain(6, 200), flush=False) for _ in range(10)}
+    client.flush()
+    wait_alive(first, 4)  # mid-run, mid-transaction
+    group = f"{settings.topic_prefix}orchestrator"
+    members = client.admin.describe_consumer_groups([group])[group].result(timeout=30).members
+    assert [m.group_instance_id for m in members] == [f"{settings.topic_prefix}orchestrator-o-1"]
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    restarted = time.monotonic()
+    supervisor.start("orchestrator-1b", args)
+    events = terminal_events(client, ids, 150)
+    assert time.monotonic() - restarted < 40, "the predecessor's transaction was not fenced"
+    assert_exactly_once(events, ids, 6)

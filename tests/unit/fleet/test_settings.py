@@ -86,6 +86,23 @@ def test_flags_override_the_environment_and_are_validated() -> None:
         flagged.with_orchestrator(guarantee="exactly_once", commit_interval_ms=40_000)
 
 
+def test_a_stable_orchestrator_name_gives_its_member_and_transactional_id() -> None:
+    """--instance-id (or FLEET_ORCHESTRATOR_INSTANCE_ID) names group.instance.id and the
+    transactional id; without it there is none (a random id each start)."""
+    assert Settings.from_env({}).orchestrator_member() is None
+    env = Settings.from_env(
+        {"FLEET_TOPIC_PREFIX": "prod.", "FLEET_ORCHESTRATOR_INSTANCE_ID": "orchestrator-0"}
+    )
+    assert env.orchestrator_member() == "prod.orchestrator-orchestrator-0"
+    assert env.with_orchestrator(instance_id="pod-2").orchestrator_member() == (
+        "prod.orchestrator-pod-2"
+    )
+    with pytest.raises(ConfigError, match="FLEET_ORCHESTRATOR_INSTANCE_ID: String should match"):
+        Settings.from_env({"FLEET_ORCHESTRATOR_INSTANCE_ID": "two words"})
+    with pytest.raises(ConfigError, match="--instance-id: String should match"):
+        env.with_orchestrator(instance_id="a/b")
+
+
 def test_a_bad_flag_is_one_line_and_exit_2_before_any_connection(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
