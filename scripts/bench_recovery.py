@@ -2,7 +2,10 @@
 owns half of the 6 partitions, and time how long the survivor takes to serve them.
 
 Rows: a raw consumer group (two plain relay processes: the floor Kafka itself sets, the
-session timeout), then two orchestrators per (guarantee, commit interval). Each run uses
+session timeout), then two orchestrators per (guarantee, commit interval), and the same
+with named instances (``--instance-id``) where the killed one is restarted at once under
+its name, as a StatefulSet does: its replacement fences the dead one's transaction and
+rejoins as the same static member, so the survivor never takes over. Each run uses
 fresh topics and processes, and every process it starts is gone when it ends.
 """
 
@@ -60,11 +63,14 @@ class _Kill:
     process: subprocess.Popen[bytes]
     moved: set[int]
     at: float = 0.0
+    then: Callable[[], None] | None = None  # right after the kill: start a replacement
 
     def __call__(self) -> None:
         self.process.kill()
         self.at = time.time()
         self.process.wait(10)
+        if self.then is not None:
+            self.then()
 
 
 def _served(run: PacedRun, kill: _Kill) -> float | None:
@@ -125,7 +131,13 @@ def _raw(settings: Settings, rate: float, env: dict[str, str]) -> Outcome:
 
 
 def _platform(
-    settings: Settings, work: Path, config: tuple[str, int], rate: float, env: dict[str, str]
+    settings: Settings,
+    work: Path,
+    config: tuple[str, int],
+    rate: float,
+    env: dict[str, str],
+    *,
+    named: bool = False,
 ) -> Outcome:
     guarantee, interval_ms = config
     settings = fresh_topics(settings)
@@ -133,31 +145,32 @@ def _platform(
         supervisor.start(
             "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "16"]
         )
-        children = [
-            supervisor.start(
-                f"orchestrator-{n}",
-                [
-                    "orchestrator",
-                    "--guarantee",
-                    guarantee,
-                    "--commit-interval-ms",
-                    str(interval_ms),
-                ],
-                env=env,
-            )
-            for n in "ab"
-        ]
+
+        def args(name: str) -> list[str]:
+            stable = ["--instance-id", name] if named else []
+            interval = ["--commit-interval-ms", str(interval_ms)]
+            return ["orchestrator", *stable, "--guarantee", guarantee, *interval]
+
+        children = {n: supervisor.start(f"orchestrator-{n}", args(n), env=env) for n in "ab"}
         FleetClient(settings, role="bench").wait_for_pools(["noop"], 1, timeout_s=60)
         topics = Topics(settings.topic_prefix)
         kill = _victim(
             settings,
             f"{settings.topic_prefix}orchestrator",
             topics.requests,
-            [c.process for c in children],
+            [c.process for c in children.values()],
         )
+        victim = next(n for n, c in children.items() if c.process is kill.process)
+        taker = next(c for c in children.values() if c.process is not kill.process)
+        if named:
+            # The killed instance's partitions wait for its name: its replacement serves them.
+            def replace() -> None:
+                nonlocal taker
+                taker = supervisor.start(f"orchestrator-{victim}-2", args(victim), env=env)
+
+            kill.then = replace
         outcome = _measure(FleetLoad(settings), rate, kill)
-        survivor = next(c for c in children if c.process is not kill.process)
-        outcome.rebalanced_s, outcome.restored_s = _survivor_log(survivor.log_path, kill.at)
+        outcome.rebalanced_s, outcome.restored_s = _survivor_log(taker.log_path, kill.at)
     return outcome
 
 
@@ -193,6 +206,9 @@ def run_recovery(
     runs: dict[str, Callable[[], Outcome]] = {RAW: lambda: _raw(settings, rate, env)}
     for config in configs:
         runs[f"{config[0]} {config[1]} ms"] = partial(_platform, settings, work, config, rate, env)
+        runs[f"{config[0]} {config[1]} ms named"] = partial(
+            _platform, settings, work, config, rate, env, named=True
+        )
     results: dict[str, list[Outcome]] = {row: [] for row in runs}
     for rep in range(reps):
         for row, run in runs.items():
@@ -217,7 +233,7 @@ def print_recovery(results: dict[str, list[Outcome]]) -> None:
         "(seconds from the kill, median / max; x = ratio to the raw group's median)"
     )
     head = ("served", "x", "drained", "x", "rebalanced", "restored", "missing", "dups")
-    print(f"{'':24}" + "".join(f"{h:>13}" for h in head))
+    print(f"{'':30}" + "".join(f"{h:>13}" for h in head))
     raw = results[RAW]
     raw_served = median_max([o.served_s for o in raw if o.served_s is not None] or [0.0])[0]
     raw_drained = median_max([o.drained_s for o in raw if o.drained_s is not None] or [0.0])[0]
@@ -241,4 +257,4 @@ def print_recovery(results: dict[str, list[Outcome]]) -> None:
             str(sum(o.missing for o in outcomes)),
             str(sum(o.duplicates for o in outcomes)),
         ]
-        print(f"{row:24}" + "".join(f"{c:>13}" for c in cells))
+        print(f"{row:30}" + "".join(f"{c:>13}" for c in cells))
