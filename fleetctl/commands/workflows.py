@@ -91,7 +91,7 @@ def submit(
             if any(why.endswith("has no task topic") for _, why in exc.problems):
                 print(NO_TASK_TOPIC, file=sys.stderr)
             raise
-        _warn_unserved(client, spec)
+        _warn_unserved(client, spec, waits=settings.route_live_only)
         if not wait:
             print(client.submit(doc, workflow_id))  # type: ignore[arg-type]
             return EXIT_OK
@@ -164,11 +164,12 @@ NO_TASK_TOPIC = (
 AGENTS_READ_S = 5.0
 
 
-def _warn_unserved(client: FleetClient, spec: WorkflowSpec) -> None:
+def _warn_unserved(client: FleetClient, spec: WorkflowSpec, *, waits: bool) -> None:
     """Warn on stderr for each capability of the workflow no live agent serves now: its
-    steps will wait (orchestrator.waiting) for one, up to their no_agent_timeout_s. A new
-    user's workflow for a capability nobody served once waited silently. Advice only:
-    a broker slow to answer the read sends the workflow without it."""
+    steps will wait for one (``waits``: routing only to the living, orchestrator.waiting,
+    up to their no_agent_timeout_s), or its tasks queue in their topic. A new user's
+    workflow for a capability nobody served once waited silently. Advice only: a broker
+    slow to answer the read sends the workflow without it."""
     try:
         with closing(AgentRegistry(client.clients, strict=False)) as registry:
             routes = registry.view(AGENTS_READ_S).routes(int(time.time() * 1000))
@@ -177,9 +178,10 @@ def _warn_unserved(client: FleetClient, spec: WorkflowSpec) -> None:
     for capability in sorted({step.capability for step in spec.steps}):
         if not routes.serves(capability):
             longest = max(s.no_agent_timeout_s for s in spec.steps if s.capability == capability)
+            then = f"its steps wait up to {longest:g} s for one" if waits else "its tasks queue"
             print(
-                f"fleet: warning: {routes.why_not(capability)} right now; its steps wait up "
-                f"to {longest:g} s for one (start one: fleet worker --app MODULE)",
+                f"fleet: warning: {routes.why_not(capability)} right now; {then} "
+                "(start one: fleet worker --app MODULE)",
                 file=sys.stderr,
             )
 
