@@ -85,13 +85,12 @@ def submit(
         doc["input"] = input_doc
     parse_spec(doc)  # the document itself first: a bad file needs no broker to be refused
     with closing(FleetClient(connected(settings), role="submit")) as client:
-        try:
-            spec = parse_spec(doc, has_capability=client.has_capability)  # nothing sent if invalid
-        except SpecError as exc:
-            if any(why.endswith("has no task topic") for _, why in exc.problems):
-                print(NO_TASK_TOPIC, file=sys.stderr)
-            raise
-        _warn_unserved(client, spec, waits=settings.route_live_only)
+        # With --wait, a missing task topic is waited for too: the README's walkthrough
+        # pasted whole runs submit a second after `fleet worker &`, before that worker
+        # has created its topics. Without --wait it is refused at once, as any problem.
+        spec, waited = _checked(client, doc, wait_s=timeout if wait else 0.0)
+        if not waited:  # a worker that has just created its topics is starting: no warning
+            _warn_unserved(client, spec, waits=settings.route_live_only)
         if not wait:
             print(client.submit(doc, workflow_id))  # type: ignore[arg-type]
             return EXIT_OK
@@ -153,6 +152,33 @@ def tail(
             for event in events:
                 _print_event(event, as_json)
     return EXIT_OK
+
+
+def _checked(client: FleetClient, doc: object, wait_s: float) -> tuple[WorkflowSpec, bool]:
+    """``doc`` parsed with the capabilities checked against the broker, and whether it
+    waited; for ``wait_s``, retried while the only problems are capabilities with no
+    task topic yet."""
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            spec = parse_spec(doc, has_capability=client.has_capability)  # nothing sent if invalid
+            return spec, told
+        except SpecError as exc:
+            missing = [why for _, why in exc.problems if why.endswith("has no task topic")]
+            if not missing:
+                raise
+            if len(missing) < len(exc.problems) or time.monotonic() >= deadline:
+                print(NO_TASK_TOPIC, file=sys.stderr)
+                raise
+            if not told:
+                names = ", ".join(why.split("'")[1] for why in missing)
+                print(
+                    f"fleet: waiting for a worker to create the task topics of: {names}",
+                    file=sys.stderr,
+                )
+                told = True
+            time.sleep(0.5)
 
 
 NO_TASK_TOPIC = (

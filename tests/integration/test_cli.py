@@ -210,10 +210,17 @@ def test_submit_wait_prints_the_outcome_and_a_capability_nobody_serves_says_why(
     assert (outcome["kind"], outcome["output"]) == ("COMPLETED", {"v": 3})
 
     spec.write_text("name: two\nsteps: [{id: a, capability: nobody-serves-this, input: {}}]\n")
-    refused = fleet.cli("submit", str(spec), "--wait")
+    refused = fleet.cli("submit", str(spec))
     assert refused.returncode == 2 and refused.stdout == ""
     assert "capability 'nobody-serves-this' has no task topic" in refused.stderr
     assert "created by the first `fleet worker` that registers it" in refused.stderr
+    # --wait waits for the topic (a worker just started creates it), then refuses.
+    waited = fleet.cli("submit", str(spec), "--wait", "--timeout", "2")
+    assert waited.returncode == 2 and waited.stdout == ""
+    assert waited.stderr.startswith(
+        "fleet: waiting for a worker to create the task topics of: nobody-serves-this\n"
+    )
+    assert "invalid workflow" in waited.stderr
 
 
 @pytest.mark.timeout(300)

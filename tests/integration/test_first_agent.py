@@ -131,9 +131,10 @@ def test_the_readme_walkthrough_beside_the_projects_own_workers_package(
     project: Path, env: dict[str, str], started: Started
 ) -> None:
     """``fleet worker --app myagents:app &``, ``fleet orchestrator &``, then ``fleet submit
-    hello.yaml --wait`` typed at once: submit's wait began before the orchestrator had
+    hello.yaml --wait``, pasted at once: submit was refused (the worker had not created
+    its topics yet), and once past that its wait began before the orchestrator had
     created the events topic, read nothing, and timed out on a completed workflow."""
-    started.start("worker", "worker", "--app", "myagents:app", ready="worker consuming")
+    started.start("worker", "worker", "--app", "myagents:app", ready="")
     submit = subprocess.Popen(
         [*INSTALLED_FLEET, "submit", "hello.yaml", "--wait", "--timeout", str(WAIT_S)],
         cwd=project,
