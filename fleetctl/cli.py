@@ -36,7 +36,8 @@ from fleetctl.commands.kafka import kafka, topics
 from fleetctl.commands.market import budget, market
 from fleetctl.commands.params import InOrder, parse_top_up, parse_units
 from fleetctl.commands.processes import demo, orchestrator, worker
-from fleetctl.commands.workflows import cancel, status, submit, tail
+from fleetctl.commands.status import status
+from fleetctl.commands.workflows import cancel, submit, tail
 
 __all__ = [
     "EXIT_ERROR",

@@ -8,7 +8,7 @@ import pytest
 
 from fleet.kafka.history import History
 from fleet.messages import EventKind, WorkflowError, WorkflowEvent
-from fleetctl.commands.workflows import status_lines
+from fleetctl.commands.status import status_lines
 from fleetctl.workflow_status import Running, status_of
 
 pytestmark = pytest.mark.unit
