@@ -30,17 +30,15 @@ import gc
 import os
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench_common import PARTITIONS, clients, fresh_topics
+from bench_common import PARTITIONS, clients, delete_bench_topics, fresh_topics
 from bench_floor import floor_relay, paced_floor_latency
 from bench_recovery import print_recovery, run_recovery
 from bench_runs import collect, paced_relay_latency, relay, run_baseline, run_platform
-from confluent_kafka import KafkaException
 
 from fleet.logs import configure_logging
 from fleet.messages import WorkflowSubmitted
@@ -256,27 +254,10 @@ def main() -> None:
             _run_sections(args, settings, Path(tmp))
     finally:
         if local_broker:
-            _delete_bench_topics(settings)
+            delete_bench_topics(settings)
         if started_broker:
             gc.collect()  # no Kafka client left to destroy after its broker is gone
             LocalKafka(settings).stop()
-
-
-def _delete_bench_topics(settings: Settings) -> None:
-    """Delete every bench-* topic of the local broker: each run makes fresh topics, and
-    the kept broker piled them up (6,171 partitions after a day), until it took minutes
-    to start. Not on a cluster named by KAFKA_BOOTSTRAP_SERVERS: not ours to clean.
-    One bench at a time: a second one running would lose its topics."""
-    admin = clients(settings, "bench").admin()
-    names = [n for n in admin.list_topics(timeout=30).topics if n.startswith("bench-")]
-    if not names:
-        return
-    for future in admin.delete_topics(names, operation_timeout=60).values():
-        try:
-            future.result(timeout=120)
-        except KafkaException as exc:  # already gone, or the broker is slow: not fatal
-            print(f"bench: could not delete a topic: {exc}", file=sys.stderr)
-    print(f"bench: deleted its {len(names)} topics", flush=True)
 
 
 def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> None:

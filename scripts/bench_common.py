@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from pydantic import JsonValue
 
@@ -84,6 +84,23 @@ def raw_topics(settings: Settings) -> tuple[str, str]:
     ).values():
         future.result()
     return source, sink
+
+
+def delete_bench_topics(settings: Settings) -> None:
+    """Delete every bench-* topic of the local broker: each run makes fresh topics, and
+    the kept broker piled them up (6,171 partitions after a day), until it took minutes
+    to start. Not on a cluster named by KAFKA_BOOTSTRAP_SERVERS: not ours to clean.
+    One bench at a time: a second one running would lose its topics."""
+    admin = clients(settings, "bench").admin()
+    names = [n for n in admin.list_topics(timeout=30).topics if n.startswith("bench-")]
+    if not names:
+        return
+    for future in admin.delete_topics(names, operation_timeout=60).values():
+        try:
+            future.result(timeout=120)
+        except KafkaException as exc:  # already gone, or the broker is slow: not fatal
+            print(f"bench: could not delete a topic: {exc}", file=sys.stderr)
+    print(f"bench: deleted its {len(names)} topics", flush=True)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
