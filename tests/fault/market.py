@@ -170,6 +170,7 @@ class MarketRun:
             back.outcomes,
             back.rounds,
             bands=self.policy.bands,
+            compare_medians=self.config.compare_band_medians,
         )
         self.verdict = market
         verdict.violations += market.violations
