@@ -4,7 +4,8 @@ guarantees, chosen once per instance (``orchestrator_guarantee``).
 :class:`ExactlyOnce` produces the batch's effects, the changed workflows' state (to the
 changelog) and the input offsets in ONE Kafka transaction. Readers are read_committed, so
 a crash anywhere leaves either all of a batch or none of it; a zombie instance is fenced
-by its stale group generation.
+by its stale group generation, which every transaction carries (one that consumed nothing
+carries the positions it already committed).
 
 :class:`AtLeastOnce` drops the transaction: effects and state are produced by an
 idempotent producer, flushed, and only then are the input offsets committed. What it
@@ -97,6 +98,15 @@ class ExactlyOnce:
         self.producer.begin_transaction()
 
     def commit(self, offsets: list[TopicPartition]) -> None:
+        # The group generation that fences a zombie travels only with the offsets
+        # (KIP-447: the coordinator checks it on TxnOffsetCommit; EndTxn checks the
+        # producer epoch alone, which a different instance's id never bumps). Work that
+        # consumed no input (a retry's or a deadline's timer, an auction round) would
+        # commit unfenced, so a paused instance waking after its partitions moved would
+        # dispatch its due retries beside its successor's (seen in CI's short fault run;
+        # tests/integration/test_recovery.py reproduces it). Such work carries the owned
+        # partitions' positions instead: an offset that does not move, and the fence.
+        offsets = offsets or self._positions()
         if offsets:
             group = self.consumer.consumer_group_metadata()
             self._retrying(
@@ -109,6 +119,21 @@ class ExactlyOnce:
             "committing the transaction",
             lambda: self.producer.commit_transaction(TRANSACTION_SLICE_S),
         )
+
+    def _positions(self) -> list[TopicPartition]:
+        """The next offset to consume of each owned partition that has one: with no input
+        consumed since the last commit, exactly what is committed already."""
+        owned = self.consumer.assignment()
+        if not owned:
+            return []
+        known = [tp for tp in self.consumer.position(owned) if tp.offset >= 0]
+        if known:
+            return known
+        # Nothing fetched yet since the assignment (a restored timer due at once): the
+        # committed offsets are the positions. A group that never committed has none to
+        # send, and no timers either: they come from inputs consumed, which have positions.
+        committed = self.consumer.committed(owned, timeout=TRANSACTION_WAIT_S)
+        return [tp for tp in committed if tp.offset >= 0]
 
     def _retrying(self, what: str, call: Callable[[], None]) -> None:
         """Run a transaction call again while it fails retriably, in short slices so

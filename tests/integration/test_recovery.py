@@ -13,7 +13,8 @@ from collections import Counter
 import pytest
 
 from fleet.kafka.client import FleetClient
-from fleet.messages import EventKind, WorkflowEvent
+from fleet.kafka.readback import partitions_of, records_to_end
+from fleet.messages import EventKind, TaskAssigned, WorkflowEvent
 from fleet.settings import Settings
 from fleetctl.supervisor import Child, Supervisor
 
@@ -129,6 +130,62 @@ def test_a_paused_zombie_is_fenced_and_writes_nothing(
     events = terminal_events(client, ids, 120)
     assert healthy.alive(), healthy.log_tail()
     assert_exactly_once(events, ids, 5)
+
+
+def flaky_with_backoff(backoff_s: float) -> dict[str, object]:
+    """One step that fails its first attempt retryably: its retry waits on a timer."""
+    step = {
+        "id": "f",
+        "capability": "text.flaky",
+        "input": {"delay_ms": 0},
+        "retries": 1,
+        "backoff_s": backoff_s,
+        "max_backoff_s": backoff_s,
+    }
+    return {"name": "flaky", "steps": [step], "output": "$.steps.f.output"}
+
+
+def dispatches(client: FleetClient, capability: str) -> Counter[tuple[str, int]]:
+    """(task id, attempt) -> committed TaskAssigned records on the capability's topic."""
+    topic = client.topics.tasks(capability)
+    deadline = time.monotonic() + 60
+    counts: Counter[tuple[str, int]] = Counter()
+    for record in records_to_end(
+        client.clients, topic, partitions_of(client.clients, topic), deadline
+    ):
+        task = client.codec.decode(record.value() or b"", TaskAssigned)
+        counts[(task.task_id, task.attempt)] += 1
+    return counts
+
+
+def test_a_paused_zombie_whose_retry_timer_is_due_dispatches_nothing(
+    env: tuple[Settings, Supervisor, FleetClient],
+) -> None:
+    """A retry fired by a timer consumes no input, so its transaction carries no input
+    offsets of its own. The group generation that fences a zombie travels with the
+    offsets (KIP-447): a transaction without them would commit the woken zombie's retry
+    beside its successor's (CI's short fault run saw a retry attempt dispatched twice)."""
+    _settings, supervisor, client = env
+    zombie = supervisor.start("orchestrator-z", ["orchestrator"], env=FAST_GROUPS)
+    wait_alive(zombie, 3)
+    ids = {client.submit(flaky_with_backoff(8.0), flush=False) for _ in range(12)}
+    client.flush()
+    time.sleep(1.5)  # every first attempt failed: the zombie holds 12 retry timers, 4-8 s
+    zombie.process.send_signal(signal.SIGSTOP)
+    healthy = supervisor.start("orchestrator-h", ["orchestrator"], env=FAST_GROUPS)
+    time.sleep(12)  # the session expired, the healthy one restored and fired the retries
+    zombie.process.send_signal(signal.SIGCONT)  # every timer it holds is due now
+    events = terminal_events(client, ids, 120)
+    time.sleep(3)  # what the zombie would commit, it commits within its commit interval
+    assert healthy.alive(), healthy.log_tail()
+    assert sorted(Counter(e.workflow_id for e in events).values()) == [1] * len(ids)
+    assert all(e.kind is EventKind.COMPLETED for e in events), [e.error for e in events]
+    counts = dispatches(client, "text.flaky")
+    workflows = {task_id.split("/")[0] for task_id, _ in counts}
+    assert ids <= workflows
+    twice = {key: n for key, n in counts.items() if n > 1}
+    assert not twice, f"dispatched more than once: {twice}"
+    assert sum(1 for (_, attempt) in counts if attempt == 2) == len(ids)
 
 
 def test_a_replacement_under_the_same_instance_id_takes_over_at_once(
