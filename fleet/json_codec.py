@@ -197,3 +197,22 @@ def _described(value: Any, limit: int = 60) -> str:
         return "null"
     text = json.dumps(value)
     return f"{_kind(value)} {text if len(text) <= limit else text[: limit - 3] + '...'}"
+
+
+_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),  # before int: bool is an int subclass
+    ((int, float), "a number"),
+    (str, "a string"),
+    (dict, "an object"),
+)
+
+
+def json_kind(value: object) -> str:
+    """A short phrase for error messages: 'a string', 'a list (length 2)', 'null'."""
+    if isinstance(value, list):
+        return f"a list (length {len(value)})"
+    for types, phrase in _KINDS:
+        if isinstance(value, types):
+            return phrase
+    return f"a {type(value).__name__}"

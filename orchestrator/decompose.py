@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from pydantic import JsonValue
 
 from fleet.errors import ResolutionError
+from fleet.json_codec import json_kind
 from fleet.messages import WorkflowError
 from orchestrator import acquire, fanin
-from orchestrator.refs import Context, json_kind, resolve
+from orchestrator.refs import Context, resolve
 from orchestrator.spec import StepSpec
 from orchestrator.state import StepRun, TaskRun, WorkflowState, task_id_for
 from orchestrator.transition import Transition, WorkflowFailed

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from orchestrator.refs import format_segment, json_kind
+from fleet.json_codec import json_kind
+from orchestrator.refs import format_segment
 
 Problem = tuple[str, str]
 

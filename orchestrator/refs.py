@@ -31,6 +31,7 @@ from enum import StrEnum
 from pydantic import JsonValue
 
 from fleet.errors import ResolutionError, SpecError
+from fleet.json_codec import json_kind
 
 PREFIX = "$."
 STEP_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -261,22 +262,3 @@ def _step_into(value: JsonValue, segment: Segment) -> JsonValue | _Missing:
             shown = shown[:-1] + f", ... ({len(keys)} keys)]"
         return _Missing(f"key {segment!r} not found in object with keys {shown}")
     return value[segment]
-
-
-_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (type(None), "null"),
-    (bool, "a boolean"),  # before int: bool is an int subclass
-    ((int, float), "a number"),
-    (str, "a string"),
-    (dict, "an object"),
-)
-
-
-def json_kind(value: object) -> str:
-    """A short phrase for error messages: 'a string', 'a list (length 2)', 'null'."""
-    if isinstance(value, list):
-        return f"a list (length {len(value)})"
-    for types, phrase in _KINDS:
-        if isinstance(value, types):
-            return phrase
-    return f"a {type(value).__name__}"
