@@ -26,6 +26,7 @@ from fleet.cancellation import Cancellation
 from fleet.errors import ConfigError
 from fleet.messages import LeaseGrant, TaskAssigned
 from fleet.topology import check_capability
+from fleet.usage import Meter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,6 +67,8 @@ class TaskContext:
     # Set when the orchestrator cancels this attempt or the worker gives up on it
     # (workers.cancellation says which); read it through the members below.
     cancellation: Cancellation = field(default_factory=Cancellation, repr=False, compare=False)
+    # What report_usage added up; the worker puts its lines on the result.
+    usage: Meter = field(default_factory=Meter, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:
@@ -85,6 +88,21 @@ class TaskContext:
     def remaining_s(self) -> float | None:
         """Seconds left before the worker stops waiting on this task (None: no deadline)."""
         return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+    def report_usage(
+        self,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost: object = 0,
+        model: str | None = None,
+    ) -> None:
+        """Record what this attempt consumed, as often as needed (once per model call):
+        tokens, and ``cost`` in credits as the market writes them (``0.0042``,
+        ``"1.5"``), kept exact. Summed per model onto the result, then per workflow onto
+        its terminal event; a failed or timed-out attempt's usage counts too. Raises
+        ValueError on a negative, fractional or non-numeric amount (nothing is added)."""
+        self.usage.report(tokens_in=tokens_in, tokens_out=tokens_out, cost=cost, model=model)
 
     def lease(self, resource: str) -> LeaseGrant | None:
         """This task's lease on ``resource`` (None: the task holds none there)."""

@@ -87,6 +87,19 @@ class TaskError(BaseModel):
     retryable: bool
 
 
+class UsageLine(BaseModel):
+    """What one model (or tool) consumed: reported by handlers (``ctx.report_usage``),
+    carried by results, summed per workflow on its terminal event. ``cost`` is exact
+    micro-credits, the market's unit (fleet.money)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = ""  # "" when the handler named none
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: int = 0
+
+
 class TaskResult(Message):
     schema_name: ClassVar[str] = "io.fleet.TaskResult"
     json_fields: ClassVar[tuple[str, ...]] = ("output",)
@@ -103,6 +116,8 @@ class TaskResult(Message):
     duration_ms: int
     worker_id: str
     finished_at_ms: int
+    version: str | None = None  # of the capability that ran it (None: an older worker)
+    usage: list[UsageLine] = []  # one line per model, by model name
 
 
 class EventKind(StrEnum):
@@ -164,6 +179,9 @@ class WorkflowEvent(Message):
     worker_id: str | None = None
     # STEP_WAITING: why the task is held back instead of dispatched, and until when.
     reason: str | None = None
+    # Terminal events: the usage of every attempt whose result was accepted, summed per
+    # model (fleet.usage); empty when no handler reported any.
+    usage: list[UsageLine] = []
 
 
 class Header(BaseModel):

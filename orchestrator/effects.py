@@ -11,6 +11,7 @@ from fleet.messages import (
     MarketInput,
     TaskAssigned,
     TaskCancelled,
+    UsageLine,
     WorkflowError,
     WorkflowEvent,
 )
@@ -25,6 +26,11 @@ class FinishedTask:
     capability: str
     latency_ms: int  # now_ms - dispatched_at_ms of that attempt
     succeeded: bool
+    # Only for an accepted result (None when the attempt ended without one): who ran it,
+    # for whom, and what the handler reported it consumed.
+    version: str | None = None
+    tenant: str | None = None
+    usage: list[UsageLine] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ def state_event(
     attempt: Attempt | None = None,
 ) -> WorkflowEvent:
     """An event of an accepted workflow (it carries the workflow's name and submit time;
-    a terminal one also its spending, if it bid; a step's event the attempt it names)."""
+    a terminal one also its spending, if it bid, and its usage, if any was reported; a
+    step's event the attempt it names)."""
     made = event(
         state.workflow_id,
         kind,
@@ -123,6 +130,8 @@ def state_event(
         held: dict[str, JsonValue] = dict(sorted(budget.holds.items()))
         spent = {"limit": budget.limit, "spent": budget.spent, "charges": charges, "held": held}
         made = made.model_copy(update={"budget": spent})
+    if kind.terminal and state.usage:
+        made = made.model_copy(update={"usage": list(state.usage)})
     return made
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from pydantic import JsonValue
 
+from fleet import usage
 from fleet.errors import ConfigError, SpecError
 from fleet.messages import (
     BudgetTopUpRequested,
@@ -228,7 +229,19 @@ class Engine:
         step = state.spec.step(run.step_id)
         succeeded = result.status is TaskStatus.SUCCEEDED
         latency = max(0, now_ms - run.dispatched_at_ms)
-        effects.finished.append(FinishedTask(step.capability, latency, succeeded))
+        effects.finished.append(
+            FinishedTask(
+                step.capability,
+                latency,
+                succeeded,
+                version=result.version,
+                tenant=state.spec.tenant or self._policy.default_tenant,
+                usage=result.usage,
+            )
+        )
+        if result.usage:
+            # Past the checks above: each attempt's result is accepted once, so counted once.
+            state.usage = usage.merge(state.usage, result.usage)
         t = self._transition(now_ms, effects)
         try:
             if succeeded:

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from fleet.errors import DecodeError
-from fleet.messages import EventKind, LeaseGrant
+from fleet.messages import EventKind, LeaseGrant, UsageLine
 from orchestrator.market.budget import Budget
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import FinishedWorkflow, StepRun, TaskRun, WorkflowState
@@ -57,6 +57,8 @@ def encode_active(state: WorkflowState) -> dict[str, JsonValue]:
     if state.budget is not None:
         record["budget"] = state.budget.to_json()
         record["band"] = state.band
+    if state.usage:  # likewise: only once a handler reported usage
+        record["usage"] = [line.model_dump(mode="json") for line in state.usage]
     return record
 
 
@@ -131,6 +133,7 @@ class _Active(_Record):
     tasks: dict[str, _Task]
     budget: JsonValue = None
     band: int = 0
+    usage: list[UsageLine] = []
 
 
 class _Finished(_Record):
@@ -185,6 +188,7 @@ def decode(workflow_id: str, record: JsonValue) -> WorkflowState | FinishedWorkf
         },
         budget=None if parsed.budget is None else Budget.from_json(parsed.budget),
         band=parsed.band,
+        usage=list(parsed.usage),
     )
     problem = _inconsistency(state)
     if problem is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from fleet.messages import EventKind, LeaseGrant
+from fleet.messages import EventKind, LeaseGrant, UsageLine
 from orchestrator.market.budget import Budget
 from orchestrator.refs import Context
 from orchestrator.spec import StepSpec, WorkflowSpec
@@ -78,6 +78,8 @@ class WorkflowState:
     # workflow to another band): None and 0 for workflows whose steps need no resources.
     budget: Budget | None = None
     band: int = 0
+    # What the handlers of its accepted results reported, summed per model (fleet.usage).
+    usage: list[UsageLine] = field(default_factory=list)
 
     @property
     def deadline_ms(self) -> int | None:

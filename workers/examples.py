@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any
 
 from fleet.app import App, TaskContext
 from fleet.errors import PermanentError, RetryableError
+from fleet.money import micro_to_credits
 from workers.leases import LeaseGuard
 
 app = App()
@@ -124,16 +126,33 @@ def lookup(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@app.capability("summarize")
-async def summarize(payload: dict[str, Any]) -> dict[str, Any]:
+@app.capability("summarize", version="1.1.0")
+async def summarize(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """Findings (a list of dicts or strings) or a text -> counts and a one-line summary."""
     await _prelude(payload)
     findings = payload.get("findings") if isinstance(payload, dict) else None
     if findings is None:
-        return _summarize_text(_text(payload))
-    if not isinstance(findings, list):
+        summary = _summarize_text(_text(payload))
+    elif not isinstance(findings, list):
         raise PermanentError("payload field 'findings' must be a list")
-    return _summarize_findings(findings)
+    else:
+        summary = _summarize_findings(findings)
+    ctx.report_usage(**bill(payload, summary))
+    return summary
+
+
+# The bill of a model call, as a stand-in for a real one (shows ctx.report_usage): about
+# 4 characters of JSON per token, priced like a small model at 1 credit per million tokens
+# in and 3 per million out (so 1 and 3 micro-credits per token, exact).
+SUMMARY_MODEL = "rules-summarizer"
+
+
+def bill(payload: Any, output: Any) -> dict[str, Any]:
+    """The report_usage arguments for one summarize call on ``payload``."""
+    tokens_in = len(json.dumps(payload)) // 4 + 1
+    tokens_out = len(json.dumps(output)) // 4 + 1
+    cost = micro_to_credits(tokens_in * 1 + tokens_out * 3)
+    return {"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost, "model": SUMMARY_MODEL}
 
 
 def _summarize_findings(findings: list[Any]) -> dict[str, Any]:

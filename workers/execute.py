@@ -96,6 +96,9 @@ async def execute(
             duration_ms=int((time.monotonic() - started) * 1000),
             worker_id=worker_id,
             finished_at_ms=int(time.time() * 1000),
+            version=capability.info.version,
+            # Reported before it failed or timed out counts too: it was consumed.
+            usage=context.usage.lines(),
         )
         return Outcome(result, **flags)
 

@@ -18,6 +18,7 @@ import click
 from confluent_kafka import KafkaException
 from rich.text import Text
 
+from fleet import usage
 from fleet.errors import FleetError, SpecError
 from fleet.kafka.client import FleetClient
 from fleet.kafka.registry import AgentRegistry
@@ -294,6 +295,8 @@ def describe(event: WorkflowEvent) -> str:
     spent = budget_text(event.budget)
     if spent:
         parts.append(spent)
+    if event.usage:  # a terminal event's sum of what the handlers reported
+        parts.append(f"usage: {usage.describe(event.usage)}")
     return "; ".join(parts)
 
 

@@ -6,11 +6,15 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fleet.messages import MarketOutcome, MarketOutcomeKind
+from fleet import usage
+from fleet.messages import MarketOutcome, MarketOutcomeKind, UsageLine
 from fleet.metrics import LATENCY_BUCKETS
 from orchestrator.engine import Effects
 from orchestrator.market.book import Book
 from orchestrator.market.stats import AwardStat
+
+# Credits per task: from a hundredth of a cent's worth of tokens to a long agent run.
+COST_BUCKETS = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 class OrchestratorMetrics:
@@ -42,6 +46,22 @@ class OrchestratorMetrics:
             "Submission to terminal event",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Cost per task = this histogram's sum / count, by capability, version and tenant
+        # (accepted results only; one that reported nothing costs 0). Float credits here,
+        # for Prometheus; events and sums keep exact micro-credits.
+        self.task_cost = Histogram(
+            "fleet_task_cost_credits",
+            "Credits a task attempt reported consuming (ctx.report_usage), per accepted result",
+            ["capability", "version", "tenant"],
+            buckets=COST_BUCKETS,
+            registry=registry,
+        )
+        self.task_tokens = Counter(
+            "fleet_task_tokens",
+            "Tokens task attempts reported consuming, by direction (in, out)",
+            ["capability", "version", "tenant", "direction"],
             registry=registry,
         )
         self.workflows_active = Gauge(
@@ -119,6 +139,8 @@ class OrchestratorMetrics:
         for done in effects.finished:
             (self.completed if done.succeeded else self.failed).labels(done.capability).inc()
             self.task_latency.labels(done.capability).observe(done.latency_ms / 1000)
+            if done.usage is not None:
+                self._usage(done.capability, done.version or "", done.tenant or "", done.usage)
         for event in effects.events:
             if event.kind.terminal and event.submitted_at_ms is not None:
                 self.workflow_latency.labels(event.kind.value.lower()).observe(
@@ -130,6 +152,13 @@ class OrchestratorMetrics:
             self.settlement_lag.observe(lag_ms / 1000)
         self.in_flight.set(in_flight)
         self.workflows_active.set(active)
+
+    def _usage(self, capability: str, version: str, tenant: str, lines: list[UsageLine]) -> None:
+        whole = usage.total(lines)
+        self.task_cost.labels(capability, version, tenant).observe(usage.cost_in_credits(whole))
+        tokens = self.task_tokens
+        tokens.labels(capability, version, tenant, "in").inc(whole.tokens_in)
+        tokens.labels(capability, version, tenant, "out").inc(whole.tokens_out)
 
     def market_outcome(self, outcome: MarketOutcome) -> None:
         reason = outcome.reason or ""

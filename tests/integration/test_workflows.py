@@ -16,10 +16,13 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.kafka.client import FleetClient
-from fleet.messages import DeadLetter, EventKind, WorkflowEvent
+from fleet.messages import DeadLetter, EventKind, UsageLine, WorkflowEvent
+from fleet.money import credits_to_micro
 from fleet.settings import Settings
+from fleet.usage import describe
 from fleetctl.supervisor import Supervisor, child_env
 from tests.fleet_cli import free_port, run_fleet
+from workers.examples import SUMMARY_MODEL, bill
 
 pytestmark = pytest.mark.kafka
 
@@ -365,6 +368,71 @@ def test_orchestrator_metrics_count_exactly_what_ran(fleet: Fleet) -> None:
     assert delta("fleet_workflow_latency_seconds_count", (("outcome", "failed"),)) == 1
     assert after[("fleet_tasks_in_flight", ())] == 0
     assert after[("fleet_workflows_active", ())] == 0
+
+
+def test_usage_reported_by_handlers_is_summed_per_workflow_and_metered(fleet: Fleet) -> None:
+    """The example summarize bills each call (ctx.report_usage): three calls, a fan-out of
+    two and a fan-in, arrive on the terminal event summed exactly, in the status and tail
+    lines, and in the orchestrator's cost and token metrics by capability, version and
+    tenant."""
+    texts = ["Disk full on web-1. Paging.", "Latency up on db-2! Check the replicas now."]
+    spec = {
+        "name": "billed",
+        "input": {"texts": texts},
+        "steps": [
+            {
+                "id": "each",
+                "capability": "summarize",
+                "for_each": "$.input.texts",
+                "input": {"text": "$.item"},
+            },
+            {
+                "id": "all",
+                "capability": "summarize",
+                "needs": ["each"],
+                "input": {"findings": "$.steps.each.output"},
+            },
+        ],
+        "output": "$.steps.all.output",
+    }
+    labels = (("capability", "summarize"), ("tenant", "default"), ("version", "1.1.0"))
+    before = fleet.metrics()
+    outcome = fleet.run(spec)
+    assert outcome.kind is EventKind.COMPLETED, outcome.error
+    # What each call billed, from its own input and output (from the run's events).
+    history = fleet.client.workflow_log().history(outcome.workflow_id, timeout_s=30)
+    [each] = [
+        e.output
+        for e in history.events
+        if e.kind is EventKind.STEP_COMPLETED and e.step_id == "each"
+    ]
+    assert isinstance(each, list) and len(each) == 2
+    calls = [({"text": t}, e) for t, e in zip(texts, each, strict=True)]
+    calls.append(({"findings": each}, outcome.output))
+    bills = [bill(payload, output) for payload, output in calls]
+    expected = UsageLine(
+        model=SUMMARY_MODEL,
+        tokens_in=sum(b["tokens_in"] for b in bills),
+        tokens_out=sum(b["tokens_out"] for b in bills),
+        cost=sum(credits_to_micro(b["cost"]) for b in bills),
+    )
+    assert outcome.usage == [expected]
+
+    after = fleet.metrics()
+
+    def delta(name: str, more: tuple[tuple[str, str], ...] = ()) -> float:
+        key = (name, tuple(sorted(labels + more)))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("fleet_task_cost_credits_count") == 3
+    assert delta("fleet_task_cost_credits_sum") == pytest.approx(expected.cost / 1_000_000)
+    assert delta("fleet_task_tokens_total", (("direction", "in"),)) == expected.tokens_in
+    assert delta("fleet_task_tokens_total", (("direction", "out"),)) == expected.tokens_out
+
+    shown = fleet.cli("status", outcome.workflow_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"usage: {describe(outcome.usage)}" in shown.stdout
+    assert f"({SUMMARY_MODEL})" in shown.stdout
 
 
 def test_cancel_ends_a_running_workflow_once_and_dispatches_nothing_after(fleet: Fleet) -> None:

@@ -137,7 +137,9 @@ def test_linear_chain_runs_each_step_after_the_previous() -> None:
     # A plain step's completion names the attempt and the worker that did it.
     done = fx.events[0]
     assert (done.task_id, done.attempt, done.worker_id) == ("wf-1/a/0", 1, "worker-1")
-    assert fx.finished == [FinishedTask(capability="work", latency_ms=200, succeeded=True)]
+    assert fx.finished == [
+        FinishedTask(capability="work", latency_ms=200, succeeded=True, tenant="default", usage=[])
+    ]
     [b] = fx.tasks
     assert (b.task_id, b.input, b.deadline_ms) == ("wf-1/b/0", {"prev": 1}, 1_200 + 300_000)
 
@@ -246,12 +248,20 @@ def test_a_retryable_failure_is_retried_then_succeeds() -> None:
         2,
         5_000,
     )
-    assert fx.finished == [FinishedTask(capability="work", latency_ms=4_000, succeeded=False)]
+    assert fx.finished == [
+        FinishedTask(
+            capability="work", latency_ms=4_000, succeeded=False, tenant="default", usage=[]
+        )
+    ]
     [second] = fx.tasks
     assert (second.task_id, second.attempt, second.input) == (first.task_id, 2, first.input)
     assert (second.dispatched_at_ms, second.deadline_ms) == (5_000, 15_000)
     fx = engine.on_result(result(second, "ok"), 6_000)
-    assert fx.finished == [FinishedTask(capability="work", latency_ms=1_000, succeeded=True)]
+    assert fx.finished == [
+        FinishedTask(
+            capability="work", latency_ms=1_000, succeeded=True, tenant="default", usage=[]
+        )
+    ]
     assert terminal(fx).kind is EventKind.COMPLETED
     assert terminal(fx).output == "ok"
 
@@ -310,7 +320,11 @@ def test_an_unknown_status_is_a_non_retryable_failure() -> None:
     assert error is not None
     assert (error.type, error.step_id, error.attempt) == ("TaskFailed", "a", 1)
     assert "status UNKNOWN" in error.message
-    assert fx.finished == [FinishedTask(capability="work", latency_ms=1_000, succeeded=False)]
+    assert fx.finished == [
+        FinishedTask(
+            capability="work", latency_ms=1_000, succeeded=False, tenant="default", usage=[]
+        )
+    ]
 
 
 def test_duplicate_stale_future_and_unknown_results_are_dropped() -> None:

@@ -103,7 +103,11 @@ def test_a_retry_waits_out_its_backoff_and_is_dispatched_once_by_tick() -> None:
     [first] = submit(e, doc, now=1_000).tasks
     fx = e.on_result(failure(first, retryable=True), 2_000)
     assert (fx.tasks, fx.events) == ([], [])
-    assert fx.finished == [FinishedTask(capability="work", latency_ms=1_000, succeeded=False)]
+    assert fx.finished == [
+        FinishedTask(
+            capability="work", latency_ms=1_000, succeeded=False, tenant="default", usage=[]
+        )
+    ]
     delay = backoff_ms(1.0, 60.0, first.task_id, 1)
     assert 500 <= delay <= 1_000
     run = e.state_of("wf-1")
