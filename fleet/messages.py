@@ -394,3 +394,4 @@ class AgentHeartbeat(Message):
     seq: int
     started_at_ms: int
     at_ms: int
+    usage: list[UsageLine] = []  # what its handlers reported since it started, per model

@@ -1,5 +1,6 @@
-"""What an agent reports about its handlers in each heartbeat: counts since it started,
-and over a sliding window the tasks finished, failed and their latency percentiles.
+"""What an agent reports about its handlers in each heartbeat: counts and usage (tokens,
+cost, per model) since it started, and over a sliding window the tasks finished, failed
+and their latency percentiles.
 
 Fed by the worker's metrics (``workers.shell.metrics``) from the Kafka loop's thread and
 read by the heartbeat's thread, so it locks. Bounded: at most ``max_samples`` finished
@@ -13,7 +14,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fleet import usage
+from fleet.messages import UsageLine
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class StatsSnapshot:
     p50_ms: float | None
     p95_ms: float | None
     window_s: float
+    usage: list[UsageLine] = field(default_factory=list)  # since start, per model
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -49,6 +54,13 @@ class HandlerStats:
         self._samples: deque[tuple[float, float, bool]] = deque(maxlen=max_samples)
         self.completed = 0
         self.failed = 0
+        self._usage: list[UsageLine] = []
+
+    def add_usage(self, lines: list[UsageLine]) -> None:
+        """What a finished attempt's handler reported (cancelled ones included: consumed)."""
+        if lines:
+            with self._lock:
+                self._usage = usage.merge(self._usage, lines)
 
     def record(self, duration_ms: float, *, failed: bool) -> None:
         with self._lock:
@@ -65,6 +77,7 @@ class HandlerStats:
                 self._samples.popleft()
             window = list(self._samples)
             completed, failed = self.completed, self.failed
+            used = list(self._usage)
         durations = sorted(d for _, d, _ in window)
         window_failed = sum(1 for _, _, f in window if f)
         return StatsSnapshot(
@@ -75,4 +88,5 @@ class HandlerStats:
             p50_ms=percentile(durations, 50),
             p95_ms=percentile(durations, 95),
             window_s=self.window_s,
+            usage=used,
         )

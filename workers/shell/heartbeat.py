@@ -125,6 +125,7 @@ class AgentPresence:
             seq=self._seq,
             started_at_ms=self._started_at_ms,
             at_ms=_now_ms(),
+            usage=snapshot.usage,
         )
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class WorkerMetrics:
         self.duration.labels(capability).observe(result.duration_ms / 1000)
         if outcome.thread_abandoned:
             self.abandoned.labels(capability).inc()
+        self.stats.add_usage(result.usage)
         if outcome.cancelled:
             self.cancelled.labels(capability, "running").inc()
             return  # neither succeeded nor failed: its result is not produced

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleet.messages import UsageLine
 from workers.stats import HandlerStats, percentile
 
 pytestmark = pytest.mark.unit
@@ -56,3 +57,16 @@ def test_percentiles_are_values_of_the_sample_in_order(values: list[float]) -> N
     p50, p95 = percentile(ordered, 50), percentile(ordered, 95)
     assert p50 in ordered and p95 in ordered
     assert p50 is not None and p95 is not None and p50 <= p95 <= ordered[-1]
+
+
+def test_usage_adds_up_per_model_since_start_and_outlives_the_window() -> None:
+    now = [0.0]
+    stats = HandlerStats(window_s=10, clock=lambda: now[0])
+    stats.add_usage([UsageLine(model="m", tokens_in=5, cost=2)])
+    stats.add_usage([])
+    now[0] = 100.0  # far past the window: usage is a total, not a window figure
+    stats.add_usage([UsageLine(model="m", tokens_out=1), UsageLine(model="n", cost=3)])
+    assert stats.snapshot().usage == [
+        UsageLine(model="m", tokens_in=5, tokens_out=1, cost=2),
+        UsageLine(model="n", cost=3),
+    ]
