@@ -13,6 +13,11 @@ transactions
     The same burst without the profiler, once per orchestrator guarantee and commit
     interval (``--txn-configs``), each followed by a paced load (latency without
     queueing); every rep measures the relay again first (``--txn-reps``).
+peers
+    (bench_peers.py) The platform and Celery with Redis, the same burst and paced load of
+    no-op tasks, and the platform's ratios to Celery.
+load
+    The platform's p50/p99 at paced loads offered at shares of its burst's rate.
 recovery
     (bench_recovery.py) kill -9 of the orchestrator owning half the partitions under a
     steady load: how long until the survivor serves them, against a raw consumer group.
@@ -20,7 +25,8 @@ restore (not by default)
     How long restoring ``--restore`` in-flight workflows' state from the changelog takes.
 
 Every figure is also given as a ratio to a baseline measured in the same run: these
-machines are shared and noisy, so the ratios are what to compare between runs.
+machines are shared and noisy, so the ratios are what to compare between runs. The
+plots (bench_plots.py) go to ``bench-results/``.
 """
 
 from __future__ import annotations
@@ -35,21 +41,29 @@ import time
 import uuid
 from pathlib import Path
 
-from bench_common import PARTITIONS, clients, delete_bench_topics, fresh_topics
+from bench_common import delete_bench_topics, fresh_topics
 from bench_floor import floor_relay, paced_floor_latency
-from bench_recovery import print_recovery, run_recovery
-from bench_runs import collect, paced_relay_latency, relay, run_baseline, run_platform
+from bench_peers import print_peers
+from bench_plots import write_plots
+from bench_recovery import Outcome, print_recovery, run_recovery
+from bench_runs import (
+    collect,
+    paced_relay_latency,
+    print_platform,
+    relay,
+    run_baseline,
+    run_peers,
+    run_platform,
+    run_restore,
+)
 
 from fleet.logs import configure_logging
-from fleet.messages import WorkflowSubmitted
 from fleet.settings import Settings
-from fleet.topology import Topics
 from fleetctl.localkafka import LocalKafka
-from orchestrator.engine import Engine
-from orchestrator.shell import changelog
 
-SECTIONS = ("platform", "transactions", "recovery", "restore")
-DEFAULT_SECTIONS = SECTIONS[:3]
+SECTIONS = ("platform", "transactions", "peers", "load", "recovery", "restore")
+DEFAULT_SECTIONS = SECTIONS[:5]
+LOAD_SHARES = "0.1,0.25,0.5,0.75,1"
 RESTORE_WORKFLOWS = 100_000
 TXN_CONFIGS = "exactly_once:0,exactly_once:100,exactly_once:1000,at_least_once:0"
 RECOVERY_CONFIGS = "exactly_once:0,at_least_once:0"
@@ -109,42 +123,13 @@ def run_transactions(
 
 
 def _rounded(sample: Sample) -> dict[str, int]:
-    return {key: round(value) for key, value in sample.items()}
+    """The figures a table prints (not the plots' quantiles)."""
+    return {key: round(value) for key, value in sample.items() if "_q" not in key}
 
 
-def run_restore(settings: Settings, count: int) -> dict[str, float]:
-    """Restore time: ``count`` in-flight workflows' state read back from the changelog."""
-    engine = Engine(has_capability=lambda _cap: True)
-    spec = {
-        "name": "restore",
-        "steps": [
-            {"id": "a", "capability": "noop", "input": {"x": 1}},
-            {"id": "b", "capability": "noop", "needs": ["a"], "input": {"y": "$.steps.a.output"}},
-        ],
-    }
-    producer = clients(settings, "bench-restore").producer()
-    topic = Topics(settings.topic_prefix).state
-    for i in range(count):
-        request = WorkflowSubmitted(workflow_id=f"wf-{i}", spec=spec, submitted_at_ms=i)
-        engine.submit(request, now_ms=1_000 + i)
-        for workflow_id, record in engine.take_changes().items():
-            producer.produce(topic, key=workflow_id, value=changelog.encode(record))
-            producer.poll(0)
-    producer.flush(120)
-    fresh = Engine(has_capability=lambda _cap: True)
-    started = time.monotonic()
-    restored = changelog.read_partitions(
-        clients(settings, "bench-restore"), topic, range(PARTITIONS)
-    )
-    read_s = time.monotonic() - started
-    gc.disable()  # as the orchestrator does during a restore
-    for workflow_id, (_partition, record) in restored.items():
-        fresh.restore(workflow_id, record)
-    gc.enable()
-    total_s = time.monotonic() - started
-    if fresh.active != count:
-        raise SystemExit(f"restored {fresh.active} workflows, expected {count}")
-    return {"workflows": count, "read_s": read_s, "total_s": total_s}
+def _medians(samples: list[tuple[Sample, Sample]]) -> Sample:
+    """Key by key over reps, as the tables take them."""
+    return {key: statistics.median(s[0][key] for s in samples) for key in samples[0][0]}
 
 
 def _sections(text: str) -> list[str]:
@@ -204,6 +189,22 @@ def _parser() -> argparse.ArgumentParser:
         dest="shapes",
         action="store_false",
         help="transactions: skip the paced ten-step sequence and fan-out of 100",
+    )
+    parser.add_argument(
+        "--celery-pool",
+        default="prefork",
+        choices=("prefork", "threads"),
+        help="peers: the Celery worker's pool (prefork, its default, was the faster here)",
+    )
+    parser.add_argument(
+        "--load-shares",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        default=tuple(float(x) for x in LOAD_SHARES.split(",")),
+        help=f"load: offered loads as shares of the burst's rate (default {LOAD_SHARES})",
+    )
+    parser.add_argument("--load-seconds", type=float, default=3.0, help="load: per point")
+    parser.add_argument(
+        "--plots", type=Path, default=Path("bench-results"), help="where the PNGs go"
     )
     parser.add_argument("--recovery-configs", type=_configs, default=_configs(RECOVERY_CONFIGS))
     parser.add_argument("--recovery-reps", type=int, default=2)
@@ -266,13 +267,17 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
     paced_load = (args.paced_rate, args.paced_seconds)
     print(f"benchmark: sections {', '.join(sections)}; bursts of {args.tasks}", flush=True)
     platform: dict[str, float] = {}
+    plots: dict[str, Sample] = {}  # name -> figures, for bench_plots
+    recovery: dict[str, list[Outcome]] = {}
     if "platform" in sections:
         # Thrown away: on a broker just started (JIT, cold caches) the first relay run
         # was about half as fast as the later ones, which flattered the platform.
         run_baseline(settings, args.tasks, work)
         baseline = run_baseline(settings, args.tasks, work)
         platform = run_platform(settings, args.tasks, work, profile=work / "orchestrator.prof")
-        _print_platform(baseline, platform)
+        print_platform(baseline, platform)
+        if "transactions" not in sections:  # which measures both better (unprofiled)
+            plots |= {"raw relay": baseline, "platform, profiled": platform}
     if "transactions" in sections:
         rows = run_transactions(
             settings,
@@ -284,22 +289,39 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
             shapes=args.shapes,
         )
         _print_transactions(args, rows)
+        plots |= {name: _medians(samples) for name, samples in rows.items()}
+    if "peers" in sections:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        platform_row, celery_row, label = run_peers(
+            settings,
+            args.tasks,
+            work,
+            paced_load=paced_load,
+            cache=cache / "fleet" / "bench-peers",
+            pool=args.celery_pool,
+        )
+        load = f"a burst of {args.tasks}, then {args.paced_rate:g}/s for {args.paced_seconds:g} s"
+        print_peers(platform_row, celery_row, label, load)
+        plots |= {"platform (peers run)": platform_row, "Celery + Redis": celery_row}
+    if "load" in sections:
+        print(f"load: the platform at {args.load_seconds:g} s per offered load", flush=True)
+        row = run_platform(settings, args.tasks, work, sweep=(args.load_shares, args.load_seconds))
+        plots["platform, load sweep"] = {k: v for k, v in row.items() if k.startswith("load")}
     if "recovery" in sections:
         env: dict[str, str] = {}
         if args.session_timeout_ms:
             env["FLEET_KAFKA_CLIENT_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
         if args.transaction_timeout_ms:
             env["FLEET_KAFKA_CLIENT_TRANSACTION_TIMEOUT_MS"] = str(args.transaction_timeout_ms)
-        print_recovery(
-            run_recovery(
-                settings,
-                work,
-                configs=args.recovery_configs,
-                reps=args.recovery_reps,
-                rate=args.recovery_rate,
-                env=env,
-            )
+        recovery = run_recovery(
+            settings,
+            work,
+            configs=args.recovery_configs,
+            reps=args.recovery_reps,
+            rate=args.recovery_rate,
+            env=env,
         )
+        print_recovery(recovery)
     if "restore" in sections or args.restore:
         restore = run_restore(fresh_topics(settings), args.restore or RESTORE_WORKFLOWS)
         print(
@@ -308,25 +330,12 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
             f"{restore['workflows'] / restore['total_s']:.0f} workflows/s)"
         )
     print(f"\nbenchmark took {time.monotonic() - began:.0f} s")
+    for path in write_plots(plots, recovery, args.plots):
+        print(f"plot: {path}")
     if platform:
         print("\nwhere the orchestrator's time goes (cProfile, top 15 by own time):")
         stats = pstats.Stats(str(work / "orchestrator.prof"))
         stats.sort_stats("tottime").print_stats(15)
-
-
-def _print_platform(baseline: dict[str, float], platform: dict[str, float]) -> None:
-    print()
-    print(f"{'':26}{'tasks/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, row in (
-        ("raw confluent-kafka relay", baseline),
-        ("platform (1-step noop)", platform),
-    ):
-        print(f"{name:26}{row['tasks_per_s']:>10.0f}{row['p50_ms']:>10.0f}{row['p99_ms']:>10.0f}")
-    ratio = {key: platform[key] / baseline[key] for key in ("tasks_per_s", "p50_ms", "p99_ms")}
-    print(
-        f"{'platform / baseline':26}{ratio['tasks_per_s']:>10.2f}"
-        f"{ratio['p50_ms']:>10.2f}{ratio['p99_ms']:>10.2f}"
-    )
 
 
 def _print_transactions(

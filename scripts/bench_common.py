@@ -108,6 +108,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[int(q * (len(ordered) - 1))]
 
 
+# The quantiles a row keeps of its latencies, for the plots' CDFs (bench_plots.py): every
+# percent, and the tail finer. Kept as figures like any other, so a table's median over
+# reps is taken key by key (the median of quantile functions is one too).
+CDF_QUANTILES = (*(i / 100 for i in range(100)), 0.995, 0.999, 1.0)
+
+
+def quantiles(prefix: str, seconds: Sequence[float]) -> dict[str, float]:
+    """``{prefix}_q{q}`` -> the latency at quantile q, in ms."""
+    ordered = sorted(seconds)
+    return {f"{prefix}_q{q:.3f}": percentile(ordered, q) * 1000 for q in CDF_QUANTILES}
+
+
 def median_max(values: Sequence[float]) -> tuple[float, float]:
     return statistics.median(values), max(values)
 
@@ -285,8 +297,12 @@ def latencies(name: str, run: PacedRun) -> dict[str, float]:
     """A paced run's p50 and p99, once every unit came back."""
     if run.missing:
         raise SystemExit(f"{name}: {run.missing} of {len(run.sent_at)} did not come back")
-    took = [a.arrived - a.sent for a in run.arrivals]
+    return paced_figures([a.arrived - a.sent for a in run.arrivals])
+
+
+def paced_figures(took: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and the quantiles of a paced run's latencies (seconds)."""
     return {
         "paced_p50_ms": statistics.median(took) * 1000,
         "paced_p99_ms": percentile(took, 0.99) * 1000,
-    }
+    } | quantiles("paced", took)

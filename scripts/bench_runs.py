@@ -1,8 +1,10 @@
-"""The benchmark's measured runs: the raw relay baseline and the platform, as a burst
-and as a paced load, and the helper processes they start (relay, collect)."""
+"""The benchmark's measured runs: the raw relay baseline and the platform, as a burst,
+as a paced load and at a sweep of offered loads, the helper processes they start
+(relay, collect), and the restore of in-flight state from the changelog."""
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import subprocess
@@ -22,21 +24,27 @@ from bench_common import (
     fresh_topics,
     latencies,
     paced,
+    paced_figures,
     percentile,
+    quantiles,
     raw_topics,
     spawn,
     take_batch,
 )
+from bench_peers import PeerRun, run_celery
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from pydantic import JsonValue
 
 from fleet.kafka.client import FleetClient
-from fleet.messages import WorkflowEvent
+from fleet.messages import WorkflowEvent, WorkflowSubmitted
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleetctl.supervisor import Supervisor
+from orchestrator.engine import Engine
+from orchestrator.shell import changelog
 
 COLLECT_TIMEOUT_S = 180
+WORKER_CONCURRENCY = 16  # the platform's worker; the peers' Celery worker gets the same
 
 
 def _wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -117,14 +125,52 @@ def collect(settings: Settings, topic: str, count: int, out: Path, events: bool)
 
 def _summary(name: str, start: float, result: Path, count: int) -> dict[str, float]:
     data = json.loads(result.read_text())
-    lat = sorted(data["latencies"])
+    return burst_figures(name, start, data["latencies"], data["last"], count)
+
+
+def burst_figures(
+    name: str, start: float, took: list[float], last: float, count: int
+) -> dict[str, float]:
+    """A burst's throughput (``count`` over start to ``last`` result) and latencies."""
+    lat = sorted(took)
     if len(lat) < count:
         raise SystemExit(f"{name}: only {len(lat)} of {count} arrived")
     return {
-        "tasks_per_s": count / (data["last"] - start),
+        "tasks_per_s": count / (last - start),
         "p50_ms": statistics.median(lat) * 1000,
         "p99_ms": percentile(lat, 0.99) * 1000,
-    }
+    } | quantiles("burst", lat)
+
+
+def celery_figures(run: PeerRun, count: int) -> dict[str, float]:
+    """The peers section's Celery run in the platform rows' figures."""
+    missing = run.paced_sent - len(run.paced)
+    if missing:
+        raise SystemExit(f"paced Celery: {missing} of {run.paced_sent} did not come back")
+    last = max((seen for _, seen in run.burst), default=run.start)
+    burst = [seen - sent for sent, seen in run.burst]
+    return burst_figures("Celery", run.start, burst, last, count) | paced_figures(
+        [seen - sent for sent, seen in run.paced]
+    )
+
+
+def run_peers(
+    settings: Settings,
+    count: int,
+    work: Path,
+    *,
+    paced_load: tuple[float, float],
+    cache: Path,
+    pool: str,
+) -> tuple[dict[str, float], dict[str, float], str]:
+    """The platform (default guarantee) and Celery, each a burst then a paced load:
+    (platform figures, Celery figures, what Celery ran as)."""
+    platform = run_platform(settings, count, work, paced_load=paced_load)
+    print("peers: Celery with Redis", flush=True)
+    peer = run_celery(
+        count, paced_load, work, cache=cache, concurrency=WORKER_CONCURRENCY, pool=pool
+    )
+    return platform, celery_figures(peer, count), peer.label
 
 
 def run_baseline(settings: Settings, count: int, work: Path) -> dict[str, float]:
@@ -173,15 +219,18 @@ def run_platform(
     profile: Path | None = None,
     paced_load: tuple[float, float] | None = None,
     shapes: bool = False,
+    sweep: tuple[tuple[float, ...], float] | None = None,
 ) -> dict[str, float]:
     """A burst of ``count`` workflows on fresh topics; then, with ``paced_load`` (rate,
-    seconds), a steady load whose latency is the guarantee's own, not queueing."""
+    seconds), a steady load whose latency is the guarantee's own, not queueing; with
+    ``sweep`` (shares of the burst's rate, seconds each), paced loads at those rates."""
     settings = fresh_topics(settings)
     out = work / f"platform-{settings.topic_prefix}json"
     with Supervisor(settings, work / "logs" / settings.topic_prefix) as supervisor:
         supervisor.start("orchestrator", ["orchestrator", *orchestrator_args], profile_to=profile)
         supervisor.start(
-            "worker", ["worker", "--app", "workers.examples:app", "--concurrency", "16"]
+            "worker",
+            ["worker", "--app", "workers.examples:app", "--concurrency", str(WORKER_CONCURRENCY)],
         )
         collector = spawn(
             settings,
@@ -209,6 +258,8 @@ def run_platform(
             result |= _paced_latency(settings, *paced_load)
             if shapes:
                 result |= _shape_latencies(settings)
+        if sweep is not None:
+            result |= _sweep(settings, result["tasks_per_s"], *sweep)
         supervisor.stop_all()
     return result
 
@@ -237,3 +288,71 @@ def _shape_latencies(settings: Settings) -> dict[str, float]:
         result[f"{name}_p50_ms"] = row["paced_p50_ms"]
         result[f"{name}_p99_ms"] = row["paced_p99_ms"]
     return result
+
+
+def _sweep(
+    settings: Settings, peak: float, shares: tuple[float, ...], seconds: float
+) -> dict[str, float]:
+    """p50/p99 at paced loads offered at ``shares`` of the ``peak`` rate (the burst's):
+    ``load{i}_share``, ``load{i}_rate``, ``load{i}_p50_ms``, ``load{i}_p99_ms``."""
+    result: dict[str, float] = {}
+    for i, share in enumerate(shares):
+        row = _paced_latency(settings, share * peak, seconds)
+        result |= {f"load{i}_share": share, f"load{i}_rate": share * peak}
+        result |= {f"load{i}_p50_ms": row["paced_p50_ms"], f"load{i}_p99_ms": row["paced_p99_ms"]}
+        print(
+            f"  load {share:.0%} of peak ({share * peak:.0f}/s): {row['paced_p50_ms']:.0f} ms p50, "
+            f"{row['paced_p99_ms']:.0f} ms p99",
+            flush=True,
+        )
+    return result
+
+
+def run_restore(settings: Settings, count: int) -> dict[str, float]:
+    """Restore time: ``count`` in-flight workflows' state read back from the changelog."""
+    engine = Engine(has_capability=lambda _cap: True)
+    spec = {
+        "name": "restore",
+        "steps": [
+            {"id": "a", "capability": "noop", "input": {"x": 1}},
+            {"id": "b", "capability": "noop", "needs": ["a"], "input": {"y": "$.steps.a.output"}},
+        ],
+    }
+    producer = clients(settings, "bench-restore").producer()
+    topic = Topics(settings.topic_prefix).state
+    for i in range(count):
+        request = WorkflowSubmitted(workflow_id=f"wf-{i}", spec=spec, submitted_at_ms=i)
+        engine.submit(request, now_ms=1_000 + i)
+        for workflow_id, record in engine.take_changes().items():
+            producer.produce(topic, key=workflow_id, value=changelog.encode(record))
+            producer.poll(0)
+    producer.flush(120)
+    fresh = Engine(has_capability=lambda _cap: True)
+    started = time.monotonic()
+    restored = changelog.read_partitions(
+        clients(settings, "bench-restore"), topic, range(PARTITIONS)
+    )
+    read_s = time.monotonic() - started
+    gc.disable()  # as the orchestrator does during a restore
+    for workflow_id, (_partition, record) in restored.items():
+        fresh.restore(workflow_id, record)
+    gc.enable()
+    total_s = time.monotonic() - started
+    if fresh.active != count:
+        raise SystemExit(f"restored {fresh.active} workflows, expected {count}")
+    return {"workflows": count, "read_s": read_s, "total_s": total_s}
+
+
+def print_platform(baseline: dict[str, float], platform: dict[str, float]) -> None:
+    print()
+    print(f"{'':26}{'tasks/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, row in (
+        ("raw confluent-kafka relay", baseline),
+        ("platform (1-step noop)", platform),
+    ):
+        print(f"{name:26}{row['tasks_per_s']:>10.0f}{row['p50_ms']:>10.0f}{row['p99_ms']:>10.0f}")
+    ratio = {key: platform[key] / baseline[key] for key in ("tasks_per_s", "p50_ms", "p99_ms")}
+    print(
+        f"{'platform / baseline':26}{ratio['tasks_per_s']:>10.2f}"
+        f"{ratio['p50_ms']:>10.2f}{ratio['p99_ms']:>10.2f}"
+    )
