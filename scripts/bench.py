@@ -91,12 +91,6 @@ def run_transactions(
     rows: dict[str, list[tuple[Sample, Sample]]] = {"raw relay": []}
     rows |= {name: [] for name, _ in FLOOR_ROWS}
     rows |= {f"{guarantee} {interval_ms}": [] for guarantee, interval_ms in configs}
-    # Thrown away: a broker just started took 10 ms (p50) per one-record transaction
-    # over its first 200 and 4 ms only after about 1,000 (JIT warm-up). The floor's
-    # paced run is about 1,000 transactions; the burst warms the rest.
-    print("transactions: warming the broker up", flush=True)
-    paced_floor_latency(settings, *paced_load, transactional=True)
-    run_baseline(settings, count, work)
     for rep in range(reps):
         print(f"transactions: run {rep + 1} of {reps}", flush=True)
         relay_row = run_baseline(settings, count, work) | paced_relay_latency(settings, *paced_load)
@@ -120,6 +114,16 @@ def run_transactions(
             rows[f"{guarantee} {interval_ms}"].append((row, ratio))
             print(f"  {guarantee} {interval_ms} ms: {_rounded(row)}, relay: {_rounded(relay_row)}")
     return rows
+
+
+def _warm_up(settings: Settings, count: int, work: Path, paced_load: tuple[float, float]) -> None:
+    """Thrown away, before the first section that times transactions: a broker just
+    started took 10 ms (p50) per one-record transaction over its first 200 and 4 ms
+    only after about 1,000 (JIT warm-up). The floor's paced run is about 1,000
+    transactions; a relay burst warms the rest."""
+    print("benchmark: warming the broker up", flush=True)
+    paced_floor_latency(settings, *paced_load, transactional=True)
+    run_baseline(settings, count, work)
 
 
 def _rounded(sample: Sample) -> dict[str, int]:
@@ -278,6 +282,8 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
         print_platform(baseline, platform)
         if "transactions" not in sections:  # which measures both better (unprofiled)
             plots |= {"raw relay": baseline, "platform, profiled": platform}
+    if {"transactions", "peers", "load"} & set(sections):
+        _warm_up(settings, args.tasks, work, paced_load)
     if "transactions" in sections:
         rows = run_transactions(
             settings,

@@ -47,6 +47,7 @@ class PeerRun:
     """What the Celery client saw: (sent, result seen) pairs, epoch seconds."""
 
     start: float  # the burst's first submission
+    submitted: float  # its last: one synchronous apply_async each, this is Celery's pace
     burst: list[tuple[float, float]]
     paced: list[tuple[float, float]]
     paced_sent: int
@@ -169,6 +170,7 @@ def run_celery(
     redis_version = next((w[2:] for w in version.split() if w.startswith("v=")), "?")
     return PeerRun(
         start=data["start"],
+        submitted=data["submitted"],
         burst=[(sent, seen) for sent, seen in data["burst"]],
         paced=[(sent, seen) for sent, seen in data["paced"]],
         paced_sent=data["paced_sent"],
@@ -218,6 +220,11 @@ def print_peers(
     print(f"{'platform / Celery':26}" + "".join(f"{ratios[k]:>11.2f}" for k in keys))
     for line in goal_lines(ratios):
         print(f"  {line}")
+    if "submit_per_s" in celery:
+        print(
+            f"  Celery's client submitted the burst at {celery['submit_per_s']:.0f}/s "
+            "(one synchronous apply_async each): its throughput cannot exceed that"
+        )
 
 
 # --- What runs inside Celery's venv -------------------------------------------------
@@ -303,6 +310,7 @@ def _client(port: int, count: int, rate: float, seconds: float, out: Path) -> No
         burst[task_id] = sent
         if i % 100 == 99:  # read results as they come, not after the last submission
             seen.drain(0)
+    submitted = time.time()
     seen.wait_for(burst, COLLECT_TIMEOUT_S)
     time.sleep(1)
     paced: dict[str, float] = {}
@@ -317,7 +325,8 @@ def _client(port: int, count: int, rate: float, seconds: float, out: Path) -> No
         name: [(sent, seen.at[k]) for k, sent in sent_at.items() if k in seen.at]
         for name, sent_at in (("burst", burst), ("paced", paced))
     }
-    result = {"celery": celery.__version__, "start": start, "paced_sent": len(paced)} | pairs
+    result = {"celery": celery.__version__, "start": start, "submitted": submitted}
+    result |= {"paced_sent": len(paced)} | pairs
     out.write_text(json.dumps(result))
 
 

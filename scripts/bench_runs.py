@@ -149,9 +149,9 @@ def celery_figures(run: PeerRun, count: int) -> dict[str, float]:
         raise SystemExit(f"paced Celery: {missing} of {run.paced_sent} did not come back")
     last = max((seen for _, seen in run.burst), default=run.start)
     burst = [seen - sent for sent, seen in run.burst]
-    return burst_figures("Celery", run.start, burst, last, count) | paced_figures(
-        [seen - sent for sent, seen in run.paced]
-    )
+    figures = burst_figures("Celery", run.start, burst, last, count)
+    figures["submit_per_s"] = count / (run.submitted - run.start)
+    return figures | paced_figures([seen - sent for sent, seen in run.paced])
 
 
 def run_peers(

@@ -15,12 +15,13 @@ FIGURES = ("tasks_per_s", "p50_ms", "p99_ms", "paced_p50_ms", "paced_p99_ms")
 def _run(paced_sent: int = 2) -> PeerRun:
     # Four tasks sent at 0.0-0.3, the last seen 2 s after the start; two paced ones.
     burst = [(0.1 * i, 1.0 + 0.1 * i + (0.7 if i == 3 else 0)) for i in range(4)]
-    return PeerRun(0.0, burst, [(10.0, 10.002), (10.01, 10.014)], paced_sent, "Celery x")
+    return PeerRun(0.0, 0.4, burst, [(10.0, 10.002), (10.01, 10.014)], paced_sent, "Celery x")
 
 
 def test_celery_figures_as_the_platform_rows_count_them() -> None:
     figures = celery_figures(_run(), 4)
     assert figures["tasks_per_s"] == pytest.approx(4 / 2.0)
+    assert figures["submit_per_s"] == pytest.approx(4 / 0.4)
     assert figures["p50_ms"] == pytest.approx(1000.0)
     assert figures["paced_p50_ms"] == pytest.approx(3.0)
     assert figures["paced_q1.000"] == pytest.approx(4.0)
