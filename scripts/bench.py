@@ -43,13 +43,14 @@ from pathlib import Path
 
 from bench_common import delete_bench_topics, fresh_topics
 from bench_floor import floor_relay, paced_floor_latency
-from bench_peers import print_peers
+from bench_peers import print_peers, redis_server
 from bench_plots import write_plots
 from bench_recovery import Outcome, print_recovery, run_recovery
 from bench_runs import (
     collect,
     paced_relay_latency,
     print_platform,
+    print_restore,
     relay,
     run_baseline,
     run_peers,
@@ -117,10 +118,8 @@ def run_transactions(
 
 
 def _warm_up(settings: Settings, count: int, work: Path, paced_load: tuple[float, float]) -> None:
-    """Thrown away, before the first section that times transactions: a broker just
-    started took 10 ms (p50) per one-record transaction over its first 200 and 4 ms
-    only after about 1,000 (JIT warm-up). The floor's paced run is about 1,000
-    transactions; a relay burst warms the rest."""
+    """Thrown away: a broker just started took 10 ms (p50) per one-record transaction
+    over its first 200, 4 ms after about 1,000 (JIT); the floor's paced run is ~1,000."""
     print("benchmark: warming the broker up", flush=True)
     paced_floor_latency(settings, *paced_load, transactional=True)
     run_baseline(settings, count, work)
@@ -270,6 +269,8 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
     sections: list[str] = args.sections
     paced_load = (args.paced_rate, args.paced_seconds)
     print(f"benchmark: sections {', '.join(sections)}; bursts of {args.tasks}", flush=True)
+    if "peers" in sections:
+        redis_server()  # missing: say so now, not after the sections before it
     platform: dict[str, float] = {}
     plots: dict[str, Sample] = {}  # name -> figures, for bench_plots
     recovery: dict[str, list[Outcome]] = {}
@@ -296,23 +297,7 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
         )
         _print_transactions(args, rows)
         plots |= {name: _medians(samples) for name, samples in rows.items()}
-    if "peers" in sections:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        platform_row, celery_row, label = run_peers(
-            settings,
-            args.tasks,
-            work,
-            paced_load=paced_load,
-            cache=cache / "fleet" / "bench-peers",
-            pool=args.celery_pool,
-        )
-        load = f"a burst of {args.tasks}, then {args.paced_rate:g}/s for {args.paced_seconds:g} s"
-        print_peers(platform_row, celery_row, label, load)
-        plots |= {"platform (peers run)": platform_row, "Celery + Redis": celery_row}
-    if "load" in sections:
-        print(f"load: the platform at {args.load_seconds:g} s per offered load", flush=True)
-        row = run_platform(settings, args.tasks, work, sweep=(args.load_shares, args.load_seconds))
-        plots["platform, load sweep"] = {k: v for k, v in row.items() if k.startswith("load")}
+    plots |= _peers_and_load(args, settings, work, paced_load)
     if "recovery" in sections:
         env: dict[str, str] = {}
         if args.session_timeout_ms:
@@ -329,12 +314,7 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
         )
         print_recovery(recovery)
     if "restore" in sections or args.restore:
-        restore = run_restore(fresh_topics(settings), args.restore or RESTORE_WORKFLOWS)
-        print(
-            f"\nrestore: {restore['workflows']:.0f} in-flight workflows from the "
-            f"changelog in {restore['total_s']:.1f} s (reading {restore['read_s']:.1f} s, "
-            f"{restore['workflows'] / restore['total_s']:.0f} workflows/s)"
-        )
+        print_restore(run_restore(fresh_topics(settings), args.restore or RESTORE_WORKFLOWS))
     print(f"\nbenchmark took {time.monotonic() - began:.0f} s")
     for path in write_plots(plots, recovery, args.plots):
         print(f"plot: {path}")
@@ -342,6 +322,26 @@ def _run_sections(args: argparse.Namespace, settings: Settings, work: Path) -> N
         print("\nwhere the orchestrator's time goes (cProfile, top 15 by own time):")
         stats = pstats.Stats(str(work / "orchestrator.prof"))
         stats.sort_stats("tottime").print_stats(15)
+
+
+def _peers_and_load(
+    args: argparse.Namespace, settings: Settings, work: Path, paced_load: tuple[float, float]
+) -> dict[str, Sample]:
+    """The peers and load sections, if chosen; their rows for the plots."""
+    sections: list[str] = args.sections
+    plots: dict[str, Sample] = {}
+    if "peers" in sections:
+        platform_row, celery_row, label = run_peers(
+            settings, args.tasks, work, paced_load=paced_load, pool=args.celery_pool
+        )
+        load = f"a burst of {args.tasks}, then {args.paced_rate:g}/s for {args.paced_seconds:g} s"
+        print_peers(platform_row, celery_row, label, load)
+        plots |= {"platform (peers run)": platform_row, "Celery + Redis": celery_row}
+    if "load" in sections:
+        print(f"load: the platform at {args.load_seconds:g} s per offered load", flush=True)
+        row = run_platform(settings, args.tasks, work, sweep=(args.load_shares, args.load_seconds))
+        plots["platform, load sweep"] = {k: v for k, v in row.items() if k.startswith("load")}
+    return plots
 
 
 def _print_transactions(

@@ -36,6 +36,13 @@ class Milestones(Protocol):
     drained_s: float | None
 
 
+PLOTS = (
+    "latency-cdf-burst.png",
+    "latency-cdf-paced.png",
+    "latency-vs-load.png",
+    "throughput.png",
+    "recovery-timeline.png",
+)
 # The timeline's phases: (label, the milestone that ends it), in order from the kill.
 PHASES = (
     ("until rebalanced", "rebalanced_s"),
@@ -186,15 +193,18 @@ def _recovery_plot(recovery: Mapping[str, Sequence[Milestones]], path: Path) -> 
 
 
 def write_plots(rows: Rows, recovery: Mapping[str, Sequence[Milestones]], out: Path) -> list[Path]:
-    """Every plot the data allows, as PNG files in ``out``; returns their paths."""
+    """Every plot the data allows, as PNG files in ``out``; returns their paths. A plot
+    this run has no data for is removed: the folder never mixes two runs' pictures."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [
-        _cdf_plot(
-            rows, "burst", "Latency CDF, burst (includes queueing)", out / "latency-cdf-burst.png"
-        ),
-        _cdf_plot(rows, "paced", "Latency CDF, paced (light load)", out / "latency-cdf-paced.png"),
+    burst, paced = out / "latency-cdf-burst.png", out / "latency-cdf-paced.png"
+    drawn = [
+        _cdf_plot(rows, "burst", "Latency CDF, burst (includes queueing)", burst),
+        _cdf_plot(rows, "paced", "Latency CDF, paced (light load)", paced),
         _load_plot(rows, out / "latency-vs-load.png"),
         _throughput_plot(rows, out / "throughput.png"),
         _recovery_plot(recovery, out / "recovery-timeline.png"),
     ]
-    return [path for path in written if path is not None]
+    written = [path for path in drawn if path is not None]
+    for stale in set(PLOTS) - {path.name for path in written}:
+        (out / stale).unlink(missing_ok=True)
+    return written

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -160,15 +161,21 @@ def run_peers(
     work: Path,
     *,
     paced_load: tuple[float, float],
-    cache: Path,
     pool: str,
 ) -> tuple[dict[str, float], dict[str, float], str]:
     """The platform (default guarantee) and Celery, each a burst then a paced load:
-    (platform figures, Celery figures, what Celery ran as)."""
+    (platform figures, Celery figures, what Celery ran as). Celery's venv is kept in
+    ``$XDG_CACHE_HOME/fleet/bench-peers`` (``~/.cache`` by default)."""
     platform = run_platform(settings, count, work, paced_load=paced_load)
     print("peers: Celery with Redis", flush=True)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     peer = run_celery(
-        count, paced_load, work, cache=cache, concurrency=WORKER_CONCURRENCY, pool=pool
+        count,
+        paced_load,
+        work,
+        cache=cache / "fleet" / "bench-peers",
+        concurrency=WORKER_CONCURRENCY,
+        pool=pool,
     )
     return platform, celery_figures(peer, count), peer.label
 
@@ -355,4 +362,12 @@ def print_platform(baseline: dict[str, float], platform: dict[str, float]) -> No
     print(
         f"{'platform / baseline':26}{ratio['tasks_per_s']:>10.2f}"
         f"{ratio['p50_ms']:>10.2f}{ratio['p99_ms']:>10.2f}"
+    )
+
+
+def print_restore(restore: dict[str, float]) -> None:
+    print(
+        f"\nrestore: {restore['workflows']:.0f} in-flight workflows from the "
+        f"changelog in {restore['total_s']:.1f} s (reading {restore['read_s']:.1f} s, "
+        f"{restore['workflows'] / restore['total_s']:.0f} workflows/s)"
     )

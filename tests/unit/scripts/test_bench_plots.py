@@ -89,7 +89,9 @@ def test_write_plots_writes_what_the_data_allows(tmp_path: Path) -> None:
     ]
     sweep = {"load0_share": 0.1, "load0_rate": 80.0, "load0_p50_ms": 9.0, "load0_p99_ms": 30.0}
     recovery = {"raw consumer group": [Outcome(12.0, 12.5)]}
-    written = write_plots({"sweep": sweep}, recovery, tmp_path / "more")
+    written = write_plots({"sweep": sweep}, recovery, tmp_path / "out")
     assert sorted(p.name for p in written) == ["latency-vs-load.png", "recovery-timeline.png"]
     for path in written:
         assert path.read_bytes().startswith(b"\x89PNG")
+    # The first call's plots are gone: the folder holds one run's pictures.
+    assert sorted((tmp_path / "out").iterdir()) == sorted(written)
