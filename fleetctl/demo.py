@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from fleet import usage
 from fleet.errors import ConfigError, FleetError
 from fleet.kafka import KafkaClients
 from fleet.kafka.client import FleetClient
@@ -201,6 +202,9 @@ def print_summary(
         f"\nthroughput {len(outcomes) / elapsed_s:.1f} workflows/s over {elapsed_s:.1f} s; "
         f"outputs checked against expectations: {correct}/{len(outcomes)} correct"
     )
+    billed = usage.merge(*(e.usage for e in outcomes.values()))
+    if billed:  # what the handlers reported (the example summarize bills its calls)
+        print(f"usage reported by the agents: {usage.describe(billed)}")
     _print_failures(workload, outcomes)
     sample = next(
         (

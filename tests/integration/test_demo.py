@@ -128,6 +128,8 @@ def test_fleet_demo_ends_by_itself_and_leaves_no_process(tmp_path: Path) -> None
         assert code == 0, err.read_text()[-3000:]
         assert "outputs checked against expectations:" in printed
         assert "hash chain OK" in printed, printed
+        # Its incident-response workflows end in summarize, which bills each call.
+        assert "usage reported by the agents: " in printed and "(rules-summarizer)" in printed
         assert "stopping the local broker" in err.read_text()
         assert _left_of(demo.pid, marker) == {}
     finally:
