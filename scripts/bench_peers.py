@@ -61,9 +61,15 @@ def peer_venv(cache: Path) -> Path:
     stamp = home / ".installed"
     if not stamp.exists():
         print(f"peers: installing {CELERY_REQUIREMENT} into {home}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(home)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, CELERY_REQUIREMENT], check=True, timeout=600)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(home)], check=True)
+            subprocess.run([*pip, CELERY_REQUIREMENT], check=True, timeout=600)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise SystemExit(
+                f"peers: could not install {CELERY_REQUIREMENT} into {home} ({exc}); it "
+                "needs PyPI once, or leave out the peers section (--sections ...)"
+            ) from exc
         stamp.write_text(CELERY_REQUIREMENT)
     return python
 
@@ -161,8 +167,14 @@ def run_celery(
         out = work / f"celery-{port}.json"
         client = [str(python), __file__, "client", *common, "--count", str(count)]
         client += ["--rate", str(paced_load[0]), "--seconds", str(paced_load[1]), "--out", str(out)]
-        with _process(worker, work / f"celery-worker-{port}.log"):
-            subprocess.run(client, check=True, timeout=CLIENT_TIMEOUT_S)
+        worker_log = work / f"celery-worker-{port}.log"
+        with _process(worker, worker_log):
+            try:
+                subprocess.run(client, check=True, timeout=CLIENT_TIMEOUT_S)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                tail = worker_log.read_text(errors="replace").splitlines()[-20:]
+                lines = [f"peers: Celery's client: {exc}; its worker's log:", *tail]
+                raise SystemExit("\n".join(lines)) from exc
         data = json.loads(out.read_text())
     version = subprocess.run(
         [redis_server(), "--version"], capture_output=True, text=True, check=True
