@@ -22,6 +22,7 @@ from typing import Protocol
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 Rows = Mapping[str, Mapping[str, float]]
 
@@ -137,6 +138,9 @@ def _load_plot(rows: Rows, path: Path) -> Path | None:
         for share, rate, _, p99 in curve:
             axes.annotate(f"{share:.0%}", (rate, p99), textcoords="offset points", xytext=(0, 6))
     axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(ScalarFormatter())  # 20, 50, 100: not 2x10^1
+    axes.yaxis.set_minor_formatter(ScalarFormatter())
+    axes.margins(y=0.12)  # room for the share labels above the top points
     axes.set_xlabel("offered load (workflows/s; % of the burst's peak)")
     axes.set_ylabel("latency (ms, log scale)")
     axes.set_title("Latency against offered load, one-step workflows")
