@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from fleet.messages import AgentHeartbeat, CapabilityVersion
+from fleet.agent_messages import AgentHeartbeat, CapabilityVersion
 
 STALE_AFTER = 3  # missed heartbeats
 DEAD_AFTER = 10

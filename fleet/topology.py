@@ -25,6 +25,8 @@ TASKS_PREFIX = "tasks."
 CANCELLATIONS = "task.cancellations"
 # Read whole by every reader (fleet.kafka.registry): an agent's cards and its heartbeats.
 AGENT_REGISTRY, AGENT_HEARTBEATS = "agents.registry", "agents.heartbeats"
+# Every orchestrator's circuit breakers read it (orchestrator.shell.breakers).
+BREAKER_OBSERVATIONS = "breaker.observations"
 MARKET_BIDS, MARKET_OUTCOMES, MARKET_LEDGER, MARKET_STATE = (
     "market.bids",
     "market.outcomes",
@@ -58,7 +60,7 @@ class Topology(BaseModel):
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             raise ConfigError(f"topology file {path} is invalid: {exc}") from exc
         core = {REQUESTS, RESULTS, EVENTS, DEAD_LETTERS, STATE, CANCELLATIONS}
-        core |= {AGENT_REGISTRY, AGENT_HEARTBEATS}
+        core |= {AGENT_REGISTRY, AGENT_HEARTBEATS, BREAKER_OBSERVATIONS}
         missing = core - topology.topics.keys()
         if missing:
             raise ConfigError(f"topology file {path} lacks topics: {sorted(missing)}")
@@ -135,6 +137,10 @@ class Topics:
     @property
     def agent_heartbeats(self) -> str:
         return self.prefix + AGENT_HEARTBEATS
+
+    @property
+    def breaker_observations(self) -> str:
+        return self.prefix + BREAKER_OBSERVATIONS
 
     def tasks(self, capability: str) -> str:
         return self.prefix + TASKS_PREFIX + check_capability(capability)

@@ -24,13 +24,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from fleet.agent_messages import AgentCard, AgentHeartbeat
 from fleet.codec import Codec, M, SchemaStore
 from fleet.errors import DecodeError
 from fleet.kafka.clients import KafkaClients
 from fleet.kafka.follow import TopicReader
 from fleet.kafka.readback import ReadBack, partitions_of
 from fleet.liveness import AgentView
-from fleet.messages import AgentCard, AgentHeartbeat
 from fleet.topology import Topics
 
 log = structlog.get_logger()

@@ -12,10 +12,10 @@ from contextlib import closing
 import click
 from rich.text import Text
 
+from fleet.agent_messages import AgentCard
 from fleet.kafka import KafkaClients
 from fleet.kafka.registry import AgentRegistry
 from fleet.liveness import AgentRow, AgentView, Liveness
-from fleet.messages import AgentCard
 from fleet.settings import Settings
 from fleetctl.commands import EXIT_FAILED, EXIT_OK
 from fleetctl.commands.params import InOrder, connected, with_broker, with_settings

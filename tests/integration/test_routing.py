@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from fleet.agent_messages import AgentHeartbeat
 from fleet.codec import Codec, SchemaStore
 from fleet.kafka import KafkaClients, TopicReader
 from fleet.kafka.client import FleetClient
 from fleet.kafka.readback import partitions_of, records_to_end
-from fleet.messages import AgentHeartbeat, EventKind, WorkflowEvent
+from fleet.messages import EventKind, WorkflowEvent
 from fleet.settings import Settings
 from fleet.topology import Topics
 from fleetctl.supervisor import Child, Supervisor, child_env

@@ -21,18 +21,18 @@ from collections.abc import Callable
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
-from fleet.app import App
-from fleet.cards import AgentPlace, agent_card
-from fleet.codec import Codec, SchemaStore
-from fleet.errors import BrokerError
-from fleet.kafka import KafkaClients, produce
-from fleet.messages import (
+from fleet.agent_messages import (
     AgentCard,
     AgentHeartbeat,
     AgentStatus,
     CapabilityVersion,
     registry_key,
 )
+from fleet.app import App
+from fleet.cards import AgentPlace, agent_card
+from fleet.codec import Codec, SchemaStore
+from fleet.errors import BrokerError
+from fleet.kafka import KafkaClients, produce
 from fleet.settings import Settings
 from fleet.topology import Topics
 from workers.stats import HandlerStats

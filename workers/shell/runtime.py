@@ -20,11 +20,11 @@ import structlog
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
+from fleet.agent_messages import AgentStatus
 from fleet.app import App
 from fleet.errors import ConfigError, FleetError
 from fleet.kafka import KafkaClients
 from fleet.kafka.topics import apply_topics, desired_topics
-from fleet.messages import AgentStatus
 from fleet.metrics import serve_metrics
 from fleet.settings import Settings
 from fleet.topology import Topics, Topology

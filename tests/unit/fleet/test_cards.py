@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet import App
+from fleet.agent_messages import AgentCard, registry_key
 from fleet.app import UNVERSIONED, Capability
 from fleet.cards import FLEET_EXTENSION, KAFKA_BINDING, AgentPlace, agent_card, extension_params
 from fleet.codec import Codec, SchemaStore
 from fleet.errors import ConfigError
-from fleet.messages import AgentCard, registry_key
 from fleet.topology import Topics
 from tests.a2a_cards import a2a_card
 from tests.apps import app as test_app

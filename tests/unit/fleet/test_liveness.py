@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleet.agent_messages import AgentHeartbeat, CapabilityVersion
 from fleet.codec import Codec, SchemaStore
 from fleet.liveness import DEAD_AFTER, STALE_AFTER, AgentView, Liveness, liveness
-from fleet.messages import AgentHeartbeat, CapabilityVersion
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.agent_messages import CapabilityVersion
 from fleet.liveness import AgentView
-from fleet.messages import CapabilityVersion
 from tests.unit.fleet.test_liveness import beat
 
 pytestmark = pytest.mark.unit

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.agent_messages import AgentCard, AgentHeartbeat, CapabilityVersion
 from fleet.liveness import AgentView
-from fleet.messages import AgentCard, AgentHeartbeat, CapabilityVersion
 from fleetctl.cli import resolve
 from fleetctl.commands.agents import agents_table, pick_card, version_key
 
