@@ -31,6 +31,7 @@ import click
 from fleet.errors import FleetError, SpecError
 from fleetctl.commands import EXIT_ERROR, EXIT_FAILED, EXIT_OK
 from fleetctl.commands.agents import agents
+from fleetctl.commands.breakers import breakers
 from fleetctl.commands.dlq import dlq
 from fleetctl.commands.kafka import kafka, topics
 from fleetctl.commands.market import budget, market
@@ -99,6 +100,7 @@ for _command in (
     orchestrator,
     worker,
     agents,
+    breakers,
     submit,
     tail,
     status,

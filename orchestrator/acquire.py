@@ -43,11 +43,21 @@ from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
 # -- transitions ------------------------------------------------------------------------
 
 
-def launch(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun) -> None:
+def launch(
+    t: Transition,
+    state: WorkflowState,
+    step: StepSpec,
+    task_id: str,
+    run: TaskRun,
+    *,
+    admitted: bool = False,
+) -> None:
     """Dispatch ``run.attempt``, once it holds a lease on every pool its step needs, and
     announce it with a STEP_STARTED event. Unless no live agent would take it: then it
-    waits first (``orchestrator.waiting``), before it bids for anything."""
-    if not run.acquiring and waiting.hold(t, state, step, task_id, run):
+    waits first (``orchestrator.waiting``), before it bids for anything. ``admitted``:
+    the caller asked already, and got yes (asking twice would spend two of a half-open
+    circuit breaker's trials on one task)."""
+    if not run.acquiring and not admitted and waiting.hold(t, state, step, task_id, run):
         return
     if step.resources:
         run.acquiring = True
@@ -136,7 +146,10 @@ def _attempt_ended(t: Transition, state: WorkflowState, failed: AttemptFailure) 
         message = failed.error.message if failed.error else ""
         cancellation.attempt(t, state, task_id, CancelReason.LEASE_ENDED, message)
         t.store.attempt_ended(state.workflow_id, task_id)
-        t.fx.finished.append(FinishedTask(step.capability, t.now_ms - run.dispatched_at_ms, False))
+        latency = t.now_ms - run.dispatched_at_ms
+        t.fx.finished.append(
+            FinishedTask(step.capability, latency, False, counts_for_breaker=False)
+        )
         run.leases = {}  # left to expire: its worker may be using them
     else:
         # Acquiring: what it holds goes back, and the next attempt starts from the

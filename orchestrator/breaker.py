@@ -83,10 +83,13 @@ class Breaker:
         self._trial_successes = 0
 
     def observe(self, at_ms: int, ok: int, failed: int) -> bool:
-        """Outcomes (``ok`` succeeded, ``failed`` failed) at ``at_ms``; True if that
-        changed the state."""
+        """Outcomes (``ok`` succeeded, ``failed`` failed) at ``at_ms``; True if they
+        changed the state (the cool-down's end before them is not counted as theirs)."""
         if ok < 0 or failed < 0 or ok + failed == 0:
             return False
+        # Time first: outcomes seen after the cool-down are trials, whether or not anyone
+        # asked in between (a reader replaying the topic asks nothing).
+        self._cool(at_ms)
         before = self._state
         self._add(at_ms, ok, failed)
         if self._state is BreakerState.CLOSED:

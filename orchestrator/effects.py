@@ -31,6 +31,9 @@ class FinishedTask:
     version: str | None = None
     tenant: str | None = None
     usage: list[UsageLine] | None = None
+    # False when the market ended the attempt (its lease): no fault of the capability's,
+    # so its circuit breaker does not count it (orchestrator.breaker).
+    counts_for_breaker: bool = True
 
 
 @dataclass(frozen=True)

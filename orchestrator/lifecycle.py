@@ -58,7 +58,7 @@ def recheck(t: Transition) -> None:
 def _go_on(t: Transition, state: WorkflowState, task_id: str) -> None:
     run = state.tasks[task_id]
     t.store.stop_waiting(state.workflow_id, task_id, run)
-    acquire.launch(t, state, state.spec.step(run.step_id), task_id, run)
+    acquire.launch(t, state, state.spec.step(run.step_id), task_id, run, admitted=True)
 
 
 def _waited_out(t: Transition, state: WorkflowState, task_id: str) -> None:

@@ -9,7 +9,9 @@ restart or a rebalance like everything else), a NO_AGENT timer at the step's
 ``no_agent_timeout_s`` and one STEP_WAITING event naming the reason. When the agents
 change (:meth:`Engine.agents_changed`, or the engine's tick seeing a new
 ``Agents.generation``) every waiting task whose capability is served again is
-dispatched. A task still waiting at its timeout fails the workflow with ``NoLiveAgent``
+dispatched. A task still waiting at its timeout fails the workflow with ``NoLiveAgent`` (or
+``BreakerOpen`` when its capability's circuit breaker held it: the same wait, another
+gate, ``orchestrator.shell.breakers``)
 (issue 12 item 7 will try the step's escalation chain first; not built yet).
 
 What "may take" means is the shell's answer (``orchestrator.shell.agents``), the engine
@@ -46,6 +48,11 @@ class Agents(Protocol):
         """Why no agent may take ``capability`` now, for people (the event's reason)."""
         ...
 
+    def cause(self, capability: str) -> str:
+        """The error type of a task that waited its whole timeout for ``capability``:
+        ``NoLiveAgent``, or ``BreakerOpen`` (orchestrator.shell.breakers)."""
+        ...
+
 
 class EveryCapability:
     """Routes everywhere: no view of the agents (switched off, or not caught up yet)."""
@@ -57,6 +64,9 @@ class EveryCapability:
 
     def why_not(self, capability: str) -> str:
         return ""
+
+    def cause(self, capability: str) -> str:
+        return "NoLiveAgent"
 
 
 EVERY_CAPABILITY = EveryCapability()
@@ -87,7 +97,7 @@ def no_live_agent(t: Transition, step: StepSpec, task_id: str, run: TaskRun) -> 
     """The failure of a task that waited its whole ``no_agent_timeout_s``."""
     waited = t.now_ms - (run.waiting_since_ms if run.waiting_since_ms is not None else t.now_ms)
     return WorkflowError(
-        type="NoLiveAgent",
+        type=t.agents.cause(step.capability),
         message=(
             f"task {task_id}: {t.agents.why_not(step.capability)} within its "
             f"no_agent_timeout_s of {seconds(step.no_agent_timeout_s)} s "

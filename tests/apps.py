@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from fleet import App, PermanentError, TaskContext
@@ -78,3 +79,12 @@ def cancel_sync(payload: dict[str, Any], ctx: TaskContext) -> str:
         time.sleep(0.05)
     _mark(payload, f"attempt {ctx.attempt} completed")
     return "ran to the end"
+
+
+@app.capability("t.fragile", version="1.0.0")
+def fragile(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fails while the file ``broken_while`` names exists: a capability that goes bad and
+    recovers when the test says (the circuit breaker tests)."""
+    if Path(payload["broken_while"]).exists():
+        raise RuntimeError("the downstream model is failing")
+    return {"ok": True}

@@ -78,6 +78,9 @@ class LiveAgents:
         routes = self.snapshot.routes
         return "" if routes is None else routes.why_not(capability)
 
+    def cause(self, capability: str) -> str:
+        return "NoLiveAgent"
+
     # -- the feed ------------------------------------------------------------------------
 
     def update(self, feed: AgentFeed) -> None:

@@ -22,12 +22,13 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from fleet.codec import Codec, SchemaStore
-from fleet.kafka import KafkaClients
+from fleet.kafka import KafkaClients, client_id
 from fleet.kafka.topics import CapabilityCheck
 from fleet.settings import Settings
 from fleet.topology import Topics
 from orchestrator.engine import Engine
 from orchestrator.market.policy import MarketPolicy
+from orchestrator.shell.breakers import BreakerTally
 from orchestrator.shell.commit import committer_for
 from orchestrator.shell.market import MarketShell
 from orchestrator.shell.metrics import OrchestratorMetrics
@@ -95,6 +96,11 @@ class Orchestrator:
             metrics=metrics,
             own=self.ownership.own,
         )
+        if settings.breakers:
+            # What this instance's results say of each capability, published at every
+            # commit for every instance's circuit breakers (orchestrator.shell.breakers).
+            instance = settings.orchestrator_member() or client_id("o")
+            self.router.tally = BreakerTally(instance)
         self.open_since: float | None = None  # monotonic start of the uncommitted work
         self.offsets: dict[tuple[str, int], int] = {}  # next offset to commit, per input
         self.stop = threading.Event()  # the run's, once it runs
@@ -213,6 +219,8 @@ class Orchestrator:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
         self.open_since = None
         self.offsets = {}
+        if self.router.tally is not None:  # in the same transaction as what they came from
+            self.router.tally.flush(self.producer, self.codec, self.topics, int(time.time() * 1000))
         self.committer.commit(offsets)
 
     def _commit_open(self) -> None:
@@ -231,11 +239,15 @@ class Orchestrator:
             return False
         self.open_since = None
         self.offsets = {}
+        if self.router.tally is not None:
+            self.router.tally.clear()
         return self.committer.discard()
 
     def _recover(self, exc: KafkaException) -> None:
         self.open_since = None
         self.offsets = {}
+        if self.router.tally is not None:  # the voided work is consumed and counted again
+            self.router.tally.clear()
         self.committer.abort(exc)  # or BrokerError: the process exits, a fresh one restores
         # The rebuild has its own deadline (and may wait out another owner's transaction).
         faulthandler.cancel_dump_traceback_later()

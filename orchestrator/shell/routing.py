@@ -31,6 +31,7 @@ from fleet.messages import (
 from fleet.topology import Topics
 from fleet.tracing import child_of
 from orchestrator.engine import Effects, Engine
+from orchestrator.shell.breakers import BreakerTally
 from orchestrator.shell.market import MarketShell
 from orchestrator.shell.metrics import OrchestratorMetrics
 
@@ -63,6 +64,7 @@ class Router:
         self.metrics = metrics
         self.own = own
         self._partitions: int | None = None  # of the requests topic, asked once
+        self.tally: BreakerTally | None = None  # set when circuit breakers are on
         self.dead_letters = DeadLetters(
             producer, codec, topics, consumer=f"orchestrator {client_id('o')}"
         )
@@ -224,4 +226,6 @@ class Router:
             )
         for reason in effects.dropped:
             log.info("input dropped", reason=reason)
+        if self.tally is not None:
+            self.tally.add(effects.finished)
         self.metrics.record(effects, self.engine.in_flight, self.engine.active)

@@ -17,8 +17,10 @@ from fleet.settings import Settings
 from fleet.topology import Topics, Topology
 from orchestrator.market.policy import MarketPolicy
 from orchestrator.shell.agents import LiveAgents
+from orchestrator.shell.breakers import Breakers, Gate
 from orchestrator.shell.loop import Orchestrator
 from orchestrator.shell.metrics import OrchestratorMetrics
+from orchestrator.waiting import EVERY_CAPABILITY
 
 log = structlog.get_logger()
 
@@ -50,18 +52,24 @@ def run(
         settings, clients, OrchestratorMetrics(registry), batch_size, policy=policy
     )
     agents = LiveAgents.of(clients) if settings.route_live_only else None
-    if agents is not None:
-        # The engine asks the view, and looks at its waiting tasks again whenever the
-        # view's generation moves (it reports them due), so the loop needs no hook.
+    breakers = Breakers.of(settings, clients) if settings.breakers else None
+    # The engine asks the view, and looks at its waiting tasks again whenever the view's
+    # generation moves (it reports them due), so the loop needs no hook.
+    if breakers is not None:
+        orchestrator.engine.route_by(Gate(agents or EVERY_CAPABILITY, breakers))
+    elif agents is not None:
         orchestrator.engine.route_by(agents)
-        agents.start()
+    for follower in (agents, breakers):
+        if follower is not None:
+            follower.start()
     try:
         orchestrator.run(stop)
     except FleetError as exc:
         log.error("orchestrator stopping", error=str(exc))
         return 1
     finally:
-        if agents is not None:
-            agents.stop()
+        for follower in (agents, breakers):
+            if follower is not None:
+                follower.stop()
     log.info("orchestrator stopped")
     return 0

@@ -126,3 +126,15 @@ def test_a_bad_policy_is_refused() -> None:
         BreakerPolicy(failure_rate=1.5)
     with pytest.raises(ValueError, match="at least 1"):
         BreakerPolicy(min_calls=0)
+
+
+def test_outcomes_after_the_cool_down_are_trials_even_when_nobody_asked() -> None:
+    """A reader replaying the observations (a restarted orchestrator, ``fleet breakers``)
+    never admits anything, and must reach the state the live instances reached."""
+    breaker = Breaker(POLICY)
+    assert breaker.observe(0, ok=0, failed=5)  # open at 0, half-open from 3 s
+    assert not breaker.observe(2_000, ok=1, failed=0)  # still cooling: changes nothing
+    assert breaker.observe(3_000, ok=1, failed=0) is False  # a first trial: half-open
+    assert breaker.state(3_000) is BreakerState.HALF_OPEN
+    assert breaker.observe(3_100, ok=1, failed=0) is True  # the second: closed
+    assert breaker.view(3_100).calls == 0

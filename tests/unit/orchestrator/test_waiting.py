@@ -24,6 +24,7 @@ class FakeAgents:
     def __init__(self, *served: str) -> None:
         self.served = set(served)
         self.generation = 0
+        self.asked = 0  # serves() calls: one per dispatch decision
 
     def serve(self, *capabilities: str) -> None:
         self.served |= set(capabilities)
@@ -34,10 +35,14 @@ class FakeAgents:
         self.generation += 1
 
     def serves(self, capability: str) -> bool:
+        self.asked += 1
         return capability in self.served
 
     def why_not(self, capability: str) -> str:
         return f"no live agent serves capability {capability!r} (none is registered)"
+
+    def cause(self, capability: str) -> str:
+        return "NoLiveAgent"
 
 
 def engine(agents: FakeAgents) -> Engine:
@@ -223,3 +228,15 @@ def test_without_a_view_of_the_agents_everything_is_dispatched_as_before() -> No
     assert len(fx.tasks) == 1
     assert e.waiting == 0
     assert fx.tasks[0].attempt == 1 and result(fx.tasks[0]).status is TaskStatus.SUCCEEDED
+
+
+def test_each_dispatch_decision_asks_once() -> None:
+    """A yes may be spent (a half-open circuit breaker's trial, orchestrator.shell.breakers),
+    so a waiting task that goes on is asked about once, not again on its way out."""
+    agents = FakeAgents()
+    e = engine(agents)
+    submit(e, spec(step("a"), step("b")), now=1_000)  # two ready tasks, both wait
+    assert agents.asked == 2
+    agents.serve("work")
+    fx = e.tick(2_000)
+    assert len(fx.tasks) == 2 and agents.asked == 4
