@@ -49,6 +49,13 @@ def handler_deadline(task: TaskAssigned) -> tuple[int | None, LeaseGrant | None]
     return task.deadline_ms, None
 
 
+@dataclass
+class Said:
+    """What a handler says about its output besides the output (the context is frozen)."""
+
+    confidence: float | None = None
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What a handler may want to know about the task it runs (its optional 2nd argument)."""
@@ -69,6 +76,8 @@ class TaskContext:
     cancellation: Cancellation = field(default_factory=Cancellation, repr=False, compare=False)
     # What report_usage added up; the worker puts its lines on the result.
     usage: Meter = field(default_factory=Meter, repr=False, compare=False)
+    # What set_confidence said; the worker puts it on the result.
+    said: Said = field(default_factory=Said, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:
@@ -103,6 +112,21 @@ class TaskContext:
         its terminal event; a failed or timed-out attempt's usage counts too. Raises
         ValueError on a negative, fractional or non-numeric amount (nothing is added)."""
         self.usage.report(tokens_in=tokens_in, tokens_out=tokens_out, cost=cost, model=model)
+
+    def set_confidence(self, confidence: float) -> None:
+        """How sure the handler is of its output, from 0 to 1, sent with the result. A
+        step with ``min_confidence`` does not accept a result below it: it escalates to
+        its next fallback, or fails at its chain's end. The last call counts."""
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+            raise ValueError(f"set_confidence: expected a number, got {confidence!r}")
+        if not 0 <= confidence <= 1:  # NaN fails this too
+            raise ValueError(f"set_confidence: expected 0 to 1, got {confidence!r}")
+        self.said.confidence = float(confidence)
+
+    @property
+    def confidence(self) -> float | None:
+        """What :meth:`set_confidence` said last (None: nothing)."""
+        return self.said.confidence
 
     def lease(self, resource: str) -> LeaseGrant | None:
         """This task's lease on ``resource`` (None: the task holds none there)."""

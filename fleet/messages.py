@@ -118,6 +118,7 @@ class TaskResult(Message):
     finished_at_ms: int
     version: str | None = None  # of the capability that ran it (None: an older worker)
     usage: list[UsageLine] = []  # one line per model, by model name
+    confidence: float | None = None  # what the handler said of its output (ctx.set_confidence)
 
 
 class EventKind(StrEnum):

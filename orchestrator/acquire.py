@@ -32,7 +32,7 @@ from fleet.messages import (
     TaskStatus,
     WorkflowError,
 )
-from orchestrator import cancellation, waiting
+from orchestrator import cancellation, escalation, waiting
 from orchestrator.effects import FinishedTask, started_event
 from orchestrator.market.budget import Budget, Denied
 from orchestrator.market.policy import MarketPolicy, micro_to_credits
@@ -76,7 +76,10 @@ def launch(
         run.acquiring = False
     task = t.store.dispatch(state, step, task_id, run, t.now_ms)
     t.fx.tasks.append(task)
-    t.fx.events.append(started_event(state, task))
+    started = started_event(state, task)
+    if (why := escalation.escalated_reason(step, run)) is not None:
+        started = started.model_copy(update={"reason": why})
+    t.fx.events.append(started)
 
 
 def granted(
@@ -148,7 +151,7 @@ def _attempt_ended(t: Transition, state: WorkflowState, failed: AttemptFailure) 
         t.store.attempt_ended(state.workflow_id, task_id)
         latency = t.now_ms - run.dispatched_at_ms
         t.fx.finished.append(
-            FinishedTask(step.capability, latency, False, counts_for_breaker=False)
+            FinishedTask(step.capability_at(run.link), latency, False, counts_for_breaker=False)
         )
         run.leases = {}  # left to expire: its worker may be using them
     else:

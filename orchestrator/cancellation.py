@@ -41,7 +41,7 @@ def attempt(
         TaskCancelled(
             task_id=task_id,
             workflow_id=state.workflow_id,
-            capability=state.spec.step(run.step_id).capability,
+            capability=state.spec.step(run.step_id).capability_at(run.link),
             attempt=run.attempt,
             reason=reason.value,
             detail=detail,

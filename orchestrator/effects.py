@@ -67,7 +67,7 @@ def assign(workflow_id: str, step: StepSpec, task_id: str, run: TaskRun) -> Task
         task_id=task_id,
         workflow_id=workflow_id,
         step_id=step.id,
-        capability=step.capability,
+        capability=step.capability_at(run.link),
         attempt=run.attempt,
         index=run.index,
         input=run.input,

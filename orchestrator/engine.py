@@ -41,7 +41,7 @@ from fleet.messages import (
     WorkflowError,
     WorkflowSubmitted,
 )
-from orchestrator import acquire, admission, cancellation, decompose, fanin, retry
+from orchestrator import acquire, admission, cancellation, decompose, escalation, fanin, retry
 from orchestrator.effects import Effects, FinishedTask, deadline_error, event, state_event
 from orchestrator.lifecycle import fail, fire, recheck
 from orchestrator.market.policy import MarketPolicy
@@ -231,7 +231,7 @@ class Engine:
         latency = max(0, now_ms - run.dispatched_at_ms)
         effects.finished.append(
             FinishedTask(
-                step.capability,
+                result.capability,
                 latency,
                 succeeded,
                 version=result.version,
@@ -244,7 +244,9 @@ class Engine:
             state.usage = usage.merge(state.usage, result.usage)
         t = self._transition(now_ms, effects)
         try:
-            if succeeded:
+            if succeeded and (doubt := escalation.doubt(step.min_confidence, result.confidence)):
+                escalation.unsure(t, state, step, result.task_id, run, doubt=doubt)
+            elif succeeded:
                 if fanin.task_succeeded(t, state, run, result.output, result.worker_id):
                     decompose.advance(t, state)
             else:

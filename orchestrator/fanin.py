@@ -38,19 +38,27 @@ def task_succeeded(
         # A plain step is one task: its event names the attempt and the worker that did
         # it. A fan-out's elements may each have had several (their STEP_STARTED events).
         by = Attempt(step_run.task_ids[0], run.attempt, worker_id=worker_id)
-        complete_step(t, state, run.step_id, runs[0].output, by)
+        step = state.spec.step(run.step_id)
+        # Done by a fallback: the event says which (a fan-out's STEP_STARTED events do).
+        fell_back = f"done by fallback {step.capability_at(run.link)}" if run.link else None
+        complete_step(t, state, run.step_id, runs[0].output, by, reason=fell_back)
     return True
 
 
 def complete_step(
-    t: Transition, state: WorkflowState, step_id: str, output: JsonValue, by: Attempt | None = None
+    t: Transition,
+    state: WorkflowState,
+    step_id: str,
+    output: JsonValue,
+    by: Attempt | None = None,
+    *,
+    reason: str | None = None,
 ) -> None:
     state.outputs[step_id] = output
-    t.fx.events.append(
-        state_event(
-            state, EventKind.STEP_COMPLETED, t.now_ms, step_id=step_id, output=output, attempt=by
-        )
+    done = state_event(
+        state, EventKind.STEP_COMPLETED, t.now_ms, step_id=step_id, output=output, attempt=by
     )
+    t.fx.events.append(done if reason is None else done.model_copy(update={"reason": reason}))
 
 
 def finish_if_complete(t: Transition, state: WorkflowState) -> None:

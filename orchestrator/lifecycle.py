@@ -10,7 +10,7 @@ that something inside a transition failed.
 from __future__ import annotations
 
 from fleet.messages import CancelReason, EventKind, WorkflowError, WorkflowEvent
-from orchestrator import acquire, cancellation, retry, waiting
+from orchestrator import acquire, cancellation, escalation, retry, waiting
 from orchestrator.effects import deadline_error, state_event
 from orchestrator.state import WorkflowState
 from orchestrator.timers import Timer, TimerKind
@@ -63,15 +63,21 @@ def _go_on(t: Transition, state: WorkflowState, task_id: str) -> None:
 
 def _waited_out(t: Transition, state: WorkflowState, task_id: str) -> None:
     """A task's NO_AGENT timer fired: dispatch it if an agent serves it after all, else
-    fail. (Escalation to the step's fallbacks, issue 12 item 7, will come first here.)"""
+    pass it on to the next link of its chain, else fail."""
     run = state.tasks[task_id]
     step = state.spec.step(run.step_id)
-    if t.agents.serves(step.capability):
+    if t.agents.serves(step.capability_at(run.link)):
         _go_on(t, state, task_id)
         return
-    error = waiting.no_live_agent(t, step, task_id, run)
+    error_type, why = waiting.no_live_agent(t, step, run)
     t.store.stop_waiting(state.workflow_id, task_id, run)
-    raise WorkflowFailed(error)
+    if escalation.escalate(t, state, step, task_id, run, why=why):
+        acquire.launch(t, state, step, task_id, run)
+        return
+    error = WorkflowError(
+        type=error_type, message=f"task {task_id}: {why}", step_id=step.id, attempt=run.attempt
+    )
+    raise WorkflowFailed(escalation.chain_failed(step, task_id, run, error))
 
 
 def fail(t: Transition, state: WorkflowState, error: WorkflowError) -> None:

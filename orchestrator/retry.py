@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 
 from fleet.messages import CancelReason, TaskError, TaskStatus, WorkflowError
-from orchestrator import acquire, cancellation
+from orchestrator import acquire, cancellation, escalation
 from orchestrator.effects import FinishedTask, seconds
 from orchestrator.state import WorkflowState
 from orchestrator.transition import AttemptFailure, Transition, WorkflowFailed
@@ -49,7 +49,7 @@ def after_failure(t: Transition, state: WorkflowState, failed: AttemptFailure) -
         why = "status UNKNOWN (not retried)"
     elif error is None or not error.retryable:
         why = "not retryable"
-    elif run.attempt <= step.retries:
+    elif escalation.attempts_on_link(run) <= step.retries:
         # Only this element is re-sent; its siblings keep running undisturbed.
         delay = backoff_ms(step.backoff_s, step.max_backoff_s, task_id, run.attempt)
         if delay > 0:
@@ -63,14 +63,18 @@ def after_failure(t: Transition, state: WorkflowState, failed: AttemptFailure) -
     else:
         why = f"retries exhausted ({step.retries} allowed)"
     cause = error.message if error is not None else f"task ended with {status.value}"
-    raise WorkflowFailed(
-        WorkflowError(
-            type=error.type if error is not None else "TaskFailed",
-            message=f"task {task_id} attempt {run.attempt} failed, {why}: {cause}",
-            step_id=step.id,
-            attempt=run.attempt,
-        )
+    if escalation.escalate(
+        t, state, step, task_id, run, why=f"attempt {run.attempt} {why}: {cause}"
+    ):
+        acquire.launch(t, state, step, task_id, run)
+        return
+    last = WorkflowError(
+        type=error.type if error is not None else "TaskFailed",
+        message=f"task {task_id} attempt {run.attempt} failed, {why}: {cause}",
+        step_id=step.id,
+        attempt=run.attempt,
     )
+    raise WorkflowFailed(escalation.chain_failed(step, task_id, run, last))
 
 
 def due(t: Transition, state: WorkflowState, task_id: str) -> None:
@@ -87,7 +91,8 @@ def timed_out(t: Transition, state: WorkflowState, task_id: str) -> None:
     be dropped now), before the retry decision moves the task to its next attempt."""
     run = state.tasks[task_id]
     step = state.spec.step(run.step_id)
-    t.fx.finished.append(FinishedTask(step.capability, t.now_ms - run.dispatched_at_ms, False))
+    latency = t.now_ms - run.dispatched_at_ms
+    t.fx.finished.append(FinishedTask(step.capability_at(run.link), latency, False))
     # Its leases are not given back: the worker may still be using them. They end at
     # their expiry, which the worker's handler deadline never outlives.
     run.leases = {}

@@ -82,6 +82,10 @@ def _task(run: TaskRun) -> dict[str, JsonValue]:
         task["leases"] = {pool: lease.model_dump() for pool, lease in run.leases.items()}
     if run.waiting_since_ms is not None:  # omitted otherwise: older records read the same
         task["waiting_since_ms"] = run.waiting_since_ms
+    if run.link:  # likewise: only once the task escalated
+        task["link"] = run.link
+        task["link_base"] = run.link_base
+        task["causes"] = list(run.causes)
     return task
 
 
@@ -115,6 +119,9 @@ class _Task(_Record):
     bid: str | None = None
     leases: dict[str, LeaseGrant] = {}
     waiting_since_ms: int | None = None
+    link: int = Field(default=0, ge=0)
+    link_base: int = Field(default=0, ge=0)
+    causes: list[str] = []
 
 
 class _Step(_Record):
@@ -183,6 +190,9 @@ def decode(workflow_id: str, record: JsonValue) -> WorkflowState | FinishedWorkf
                 bid=task.bid,
                 leases=dict(task.leases),
                 waiting_since_ms=task.waiting_since_ms,
+                link=task.link,
+                link_base=task.link_base,
+                causes=list(task.causes),
             )
             for task_id, task in parsed.tasks.items()
         },
@@ -231,3 +241,12 @@ def _contradictions(state: WorkflowState) -> Iterator[str]:
         yield "a task waiting for a live agent that is also done, acquiring or backing off"
     if state.budget is None and any(run.bid or run.leases for run in state.tasks.values()):
         yield "a task bidding or holding leases in a workflow without a budget"
+    yield from _chain_contradictions(state)
+
+
+def _chain_contradictions(state: WorkflowState) -> Iterator[str]:
+    """A task's link lies within its step's chain, with one cause per link left."""
+    for task_id, run in state.tasks.items():
+        links = len(state.spec.step(run.step_id).chain)
+        if run.link >= links or len(run.causes) != run.link or run.link_base >= run.attempt:
+            yield f"task {task_id}: link {run.link} of a chain of {links}, inconsistent"

@@ -110,10 +110,26 @@ class StepSpec(BaseModel):
     resources: dict[Name, Units] = {}
     # Credits per unit the step bids at most (None: its tenant's default_max_price).
     max_price: Price = None
+    # The escalation chain (orchestrator.escalation): capabilities to try in order when
+    # this one cannot do the task: its breaker is open, no live agent came within
+    # no_agent_timeout_s, its attempts failed for good, or its confidence was too low.
+    fallback: list[Name] = []
+    # A result that reports a confidence (ctx.set_confidence) below this is not accepted:
+    # the step escalates, or fails at its chain's end. None: any result is accepted.
+    min_confidence: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     # How long a ready task waits for a live agent of its capability (orchestrator.waiting).
     no_agent_timeout_s: float = Field(
         default=NO_AGENT_TIMEOUT_S, gt=0, le=TIMEOUT_MAX_S, allow_inf_nan=False
     )
+
+    @property
+    def chain(self) -> list[str]:
+        """Its own capability, then its fallbacks: the escalation chain's links."""
+        return [self.capability, *self.fallback]
+
+    def capability_at(self, link: int) -> str:
+        """The capability of link ``link`` of the chain (0: the step's own)."""
+        return self.chain[link]
 
     def acquire_order(self) -> list[tuple[str, int]]:
         """``(pool, units)`` in the order the engine acquires them: by pool name.
@@ -132,8 +148,23 @@ class StepSpec(BaseModel):
             "resources": {},
             "max_price": None,
             "no_agent_timeout_s": NO_AGENT_TIMEOUT_S,
+            "fallback": [],
+            "min_confidence": None,
         }
         return _without_defaults(self, handler, defaults)
+
+    @field_validator("fallback")
+    @classmethod
+    def _a_chain_without_repeats(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        chain = [info.data.get("capability"), *value]
+        repeated = sorted({c for c in value if chain.count(c) > 1})
+        if repeated:
+            raise PydanticCustomError(
+                "fallback_repeat",
+                "a capability may appear once in the chain (the step's own included): {names}",
+                {"names": ", ".join(repeated)},
+            )
+        return value
 
     @field_validator("max_backoff_s")
     @classmethod
@@ -212,6 +243,11 @@ def parse_spec(doc: object, *, has_capability: Callable[[str], bool] | None = No
             if step.capability is not None and not has_capability(step.capability):
                 where = f"{step_label(position, raw_list)}.capability"
                 problems.append((where, f"capability {step.capability!r} has no task topic"))
+        for position, declared in enumerate(spec.steps if spec is not None else []):
+            for n, fallback in enumerate(declared.fallback):
+                if not has_capability(fallback):
+                    where = f"{step_label(position, raw_list)}.fallback[{n}]"
+                    problems.append((where, f"capability {fallback!r} has no task topic"))
     if "output" in doc and isinstance(raw_steps, list):
         # Without a steps list every step reference would look unknown: pure noise.
         problems.extend(ref_problems("output", doc["output"], known, allowed=None))

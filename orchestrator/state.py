@@ -43,6 +43,12 @@ class TaskRun:
     bid: str | None = None  # the bid id (also the hold id) waiting at an auctioneer
     leases: dict[str, LeaseGrant] = field(default_factory=dict)  # pool -> lease held
     waiting_since_ms: int | None = None  # held back for want of a live agent, since
+    # The escalation chain (orchestrator.escalation): which link runs ``attempt`` (0: the
+    # step's own capability), the attempts made before that link, and why each earlier
+    # link was left.
+    link: int = 0
+    link_base: int = 0
+    causes: list[str] = field(default_factory=list)
 
     @property
     def in_flight(self) -> bool:

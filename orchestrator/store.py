@@ -119,7 +119,8 @@ class WorkflowStore:
         step = state.spec.step(run.step_id)
         due = run.waiting_since_ms + duration_ms(step.no_agent_timeout_s)
         self._timers.set(Timer(due, TimerKind.NO_AGENT, workflow_id, task_id))
-        self._waiting[(workflow_id, task_id)] = (run.waiting_since_ms, step.capability)
+        capability = step.capability_at(run.link)
+        self._waiting[(workflow_id, task_id)] = (run.waiting_since_ms, capability)
 
     def attempt_ended(self, workflow_id: str, task_id: str) -> None:
         """The in-flight attempt of a task got its result: disarm its timeout."""

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fleet.messages import EventKind, WorkflowError
+from fleet.messages import EventKind
+from orchestrator import escalation
 from orchestrator.effects import Attempt, seconds, state_event
 from orchestrator.spec import StepSpec
 from orchestrator.state import TaskRun, WorkflowState
@@ -74,12 +75,22 @@ EVERY_CAPABILITY = EveryCapability()
 
 def hold(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun) -> bool:
     """True if ``run.attempt`` must wait for a live agent instead of starting now (the
-    first time, with its STEP_WAITING event)."""
-    if t.agents.serves(step.capability):
+    first time, with its STEP_WAITING event). A capability whose breaker is open passes
+    the task on to the next link of its chain first, if there is one."""
+    capability = step.capability_at(run.link)
+    while not t.agents.serves(capability):
+        why = t.agents.why_not(capability)
+        # An open breaker says the capability would fail: its fallback, if any, at once.
+        if t.agents.cause(capability) != "BreakerOpen" or not escalation.escalate(
+            t, state, step, task_id, run, why=why
+        ):
+            break
+        capability = step.capability_at(run.link)
+    else:
         return False
     if t.store.wait(state, task_id, run, t.now_ms):
         reason = (
-            f"{t.agents.why_not(step.capability)}; waiting up to "
+            f"{t.agents.why_not(capability)}; waiting up to "
             f"{seconds(step.no_agent_timeout_s)} s (no_agent_timeout_s) for one"
         )
         waiting = state_event(
@@ -93,16 +104,13 @@ def hold(t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run:
     return True
 
 
-def no_live_agent(t: Transition, step: StepSpec, task_id: str, run: TaskRun) -> WorkflowError:
-    """The failure of a task that waited its whole ``no_agent_timeout_s``."""
+def no_live_agent(t: Transition, step: StepSpec, run: TaskRun) -> tuple[str, str]:
+    """Why a task waited its whole ``no_agent_timeout_s`` in vain: the error type and the
+    cause (its escalation's reason, or with :func:`escalation.chain_failed` its failure)."""
+    capability = step.capability_at(run.link)
     waited = t.now_ms - (run.waiting_since_ms if run.waiting_since_ms is not None else t.now_ms)
-    return WorkflowError(
-        type=t.agents.cause(step.capability),
-        message=(
-            f"task {task_id}: {t.agents.why_not(step.capability)} within its "
-            f"no_agent_timeout_s of {seconds(step.no_agent_timeout_s)} s "
-            f"(waited {seconds(round(waited / 1000, 1))} s)"
-        ),
-        step_id=step.id,
-        attempt=run.attempt,
+    return t.agents.cause(capability), (
+        f"{t.agents.why_not(capability)} within its "
+        f"no_agent_timeout_s of {seconds(step.no_agent_timeout_s)} s "
+        f"(waited {seconds(round(waited / 1000, 1))} s)"
     )

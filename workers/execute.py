@@ -99,6 +99,7 @@ async def execute(
             version=capability.info.version,
             # Reported before it failed or timed out counts too: it was consumed.
             usage=context.usage.lines(),
+            confidence=context.confidence,
         )
         return Outcome(result, **flags)
 

@@ -164,3 +164,44 @@ def test_a_failing_capability_trips_its_breaker_which_holds_across_a_restart_and
         f"breaker: opened, restarted, half-open {half_open_at - opened_at:.1f} s after opening "
         f"(cool-down 25 s), closed {time.time() - opened_at:.1f} s after opening"
     )
+
+
+def test_a_tripped_breaker_sends_the_steps_tasks_down_their_fallback_chain(
+    fleet: tuple[Settings, Supervisor, FleetClient], tmp_path: Path
+) -> None:
+    """Failing tasks of t.fragile fall back to t.echo one by one (retries exhausted) until
+    the breaker opens; then the next task goes to t.echo at once, never to t.fragile."""
+    settings, supervisor, client = fleet
+    flag = tmp_path / "broken"
+    flag.write_text("the model is down")
+    supervisor.start("orchestrator", ["orchestrator"], env=POLICY)
+    events = Events(client)
+
+    def chained() -> dict[str, Any]:
+        doc = fragile(flag)
+        doc["steps"][0]["fallback"] = ["t.echo"]
+        return doc
+
+    first = [client.submit(chained()) for _ in range(4)]
+    events.until(lambda _: all(events.terminal(w) for w in first), 60)
+    for workflow_id in first:
+        assert events.terminal(workflow_id).kind is EventKind.COMPLETED  # type: ignore[union-attr]
+        started = [e for e in events.of(workflow_id) if e.kind is EventKind.STEP_STARTED]
+        assert [e.attempt for e in started] == [1, 2]
+        assert started[1].reason is not None
+        assert (
+            "escalated to t.echo (fallback 1 of 1) after t.fragile: attempt 1" in started[1].reason
+        )
+        assert "the downstream model is failing" in started[1].reason
+        [done] = [e for e in events.of(workflow_id) if e.kind is EventKind.STEP_COMPLETED]
+        assert done.reason == "done by fallback t.echo" and done.worker_id
+    wait_for_state(settings, "open", 30)
+
+    later = client.submit(chained())
+    events.until(lambda _: events.terminal(later) is not None, 60)
+    assert events.terminal(later).kind is EventKind.COMPLETED  # type: ignore[union-attr]
+    [started] = [e for e in events.of(later) if e.kind is EventKind.STEP_STARTED]
+    assert started.attempt == 2 and started.reason is not None
+    assert started.reason.startswith(
+        "escalated to t.echo (fallback 1 of 1) after t.fragile: circuit breaker of t.fragile open"
+    )

@@ -181,7 +181,7 @@ def test_market_problems_come_with_the_others() -> None:
 def test_the_new_fields_are_listed_for_a_typo() -> None:
     [(where, why)] = problems_of(spec(step(resource={"gpu": 1})))
     assert where == f"{LOCATION}.resource"
-    assert why.endswith("max_backoff_s, resources, max_price, no_agent_timeout_s)")
+    assert why.endswith("resources, max_price, fallback, min_confidence, no_agent_timeout_s)")
 
 
 # -- the acquisition order ---------------------------------------------------------------

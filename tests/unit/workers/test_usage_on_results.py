@@ -89,3 +89,21 @@ def test_a_bad_report_fails_the_task_with_the_reason(threads: HandlerThreads) ->
 
 def test_no_report_no_usage(threads: HandlerThreads) -> None:
     assert run(lambda payload: "ok", threads).result.usage == []
+
+
+def test_a_handler_says_how_sure_it_is_and_the_result_carries_it(threads: HandlerThreads) -> None:
+    def handler(payload: Any, ctx: TaskContext) -> str:
+        ctx.set_confidence(0.25)
+        ctx.set_confidence(0.75)  # the last call counts
+        assert ctx.confidence == 0.75
+        return "ok"
+
+    assert run(handler, threads).result.confidence == 0.75
+    assert run(lambda payload: "ok", threads).result.confidence is None
+
+    def unsure(payload: Any, ctx: TaskContext) -> str:
+        ctx.set_confidence(1.5)
+        return "unreachable"
+
+    error = run(unsure, threads).result.error
+    assert error is not None and "set_confidence: expected 0 to 1, got 1.5" in error.message
