@@ -88,9 +88,9 @@ class Settings(BaseModel):
     # Route only to the living (orchestrator.waiting): a ready task whose capability no
     # live agent serves waits in the orchestrator's state instead of its topic. False:
     # every task is dispatched at once, agents or not (the behaviour before agents).
-    # Off by default until the short fault run has passed with it on (issue 12 item 3:
-    # its broker restarts ran slow on a loaded machine, cause not established).
-    route_live_only: bool = False
+    # On since the short fault run passes with it (its slow broker restarts came from
+    # admin clients spinning while the broker was down: fleet.kafka.clients.admin).
+    route_live_only: bool = True
     # Circuit breakers per capability (orchestrator.breaker): while one is open its tasks
     # wait like tasks without a live agent. Off by default: a capability that fails by
     # design (the fault runs' text.flaky fails every first attempt) would trip it; to be

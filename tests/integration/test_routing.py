@@ -50,7 +50,7 @@ class Fleet:
             "PYTHONPATH": str(tmp_path),
             "FLEET_HEARTBEAT_S": str(HEARTBEAT_S),
             "FLEET_AGENT_STATE_DIR": str(tmp_path / "state"),
-            "FLEET_ROUTE_LIVE_ONLY": "true",  # off by default for now (fleet.settings)
+            "FLEET_ROUTE_LIVE_ONLY": "true",  # the default, stated: these tests are about it
         }
         self.client = FleetClient(settings, role="test")
         self.spec_path = tmp_path / "wf.json"

@@ -19,8 +19,8 @@ def test_the_orchestrator_defaults_to_exactly_once_with_a_commit_per_batch() -> 
 
 
 def test_routing_only_to_live_agents_is_off_unless_switched_on() -> None:
-    assert Settings.from_env({}).route_live_only is False
-    assert Settings.from_env({"FLEET_ROUTE_LIVE_ONLY": "true"}).route_live_only is True
+    assert Settings.from_env({}).route_live_only is True
+    assert Settings.from_env({"FLEET_ROUTE_LIVE_ONLY": "false"}).route_live_only is False
     with pytest.raises(ConfigError, match="FLEET_ROUTE_LIVE_ONLY"):
         Settings.from_env({"FLEET_ROUTE_LIVE_ONLY": "maybe"})
 
