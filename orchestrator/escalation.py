@@ -42,6 +42,16 @@ def escalate(
     return True
 
 
+def fall_back(
+    t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun, *, why: str
+) -> bool:
+    """:func:`escalate`, then launch the task on its new link; False at the chain's end."""
+    if not escalate(t, state, step, task_id, run, why=why):
+        return False
+    acquire.launch(t, state, step, task_id, run)
+    return True
+
+
 def doubt(wanted: float | None, said: float | None) -> str | None:
     """Why a succeeded result is not accepted: its confidence is under the step's
     ``min_confidence`` (a result that says none is accepted)."""
@@ -54,8 +64,7 @@ def unsure(
     t: Transition, state: WorkflowState, step: StepSpec, task_id: str, run: TaskRun, *, doubt: str
 ) -> None:
     """A result succeeded with too little confidence: the next link, or the step fails."""
-    if escalate(t, state, step, task_id, run, why=f"attempt {run.attempt}: {doubt}"):
-        acquire.launch(t, state, step, task_id, run)
+    if fall_back(t, state, step, task_id, run, why=f"attempt {run.attempt}: {doubt}"):
         return
     error = WorkflowError(
         type="LowConfidence",

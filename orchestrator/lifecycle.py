@@ -71,8 +71,7 @@ def _waited_out(t: Transition, state: WorkflowState, task_id: str) -> None:
         return
     error_type, why = waiting.no_live_agent(t, step, run)
     t.store.stop_waiting(state.workflow_id, task_id, run)
-    if escalation.escalate(t, state, step, task_id, run, why=why):
-        acquire.launch(t, state, step, task_id, run)
+    if escalation.fall_back(t, state, step, task_id, run, why=why):
         return
     error = WorkflowError(
         type=error_type, message=f"task {task_id}: {why}", step_id=step.id, attempt=run.attempt

@@ -63,10 +63,9 @@ def after_failure(t: Transition, state: WorkflowState, failed: AttemptFailure) -
     else:
         why = f"retries exhausted ({step.retries} allowed)"
     cause = error.message if error is not None else f"task ended with {status.value}"
-    if escalation.escalate(
+    if escalation.fall_back(
         t, state, step, task_id, run, why=f"attempt {run.attempt} {why}: {cause}"
     ):
-        acquire.launch(t, state, step, task_id, run)
         return
     last = WorkflowError(
         type=error.type if error is not None else "TaskFailed",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import UTC, datetime
 
 import click
 from rich.text import Text
@@ -19,6 +18,7 @@ from fleet.settings import Settings
 from fleetctl.commands import EXIT_OK
 from fleetctl.commands.params import connected, with_settings
 from fleetctl.console import Column, Table
+from fleetctl.dlq import iso_ms
 from orchestrator.breaker import BreakerRow, BreakerState
 from orchestrator.shell.breakers import policy_of, read_board
 
@@ -95,6 +95,4 @@ def row_json(row: BreakerRow) -> dict[str, object]:
 
 
 def _time(at_ms: int | None) -> str:
-    if at_ms is None:
-        return "-"
-    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if at_ms is None else iso_ms(at_ms).replace("T", " ")  # as fleet status
